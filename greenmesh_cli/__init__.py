@@ -1,0 +1,1 @@
+"""The `greenmesh` command line (typer + rich)."""

@@ -1,0 +1,3 @@
+from greenmesh_cli.main import app
+
+app()

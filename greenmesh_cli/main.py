@@ -1,0 +1,144 @@
+"""The `greenmesh` command: run the mesh, one component, migrations, status and local traces."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meshkit.config import SERVICES, Component, load_settings
+
+app = typer.Typer(help="GreenMesh: battery recycling flows and energy-equipment records, as a gRPC mesh.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def up(
+    nats_port: Annotated[int, typer.Option(help="port for the mesh's own nats-server; 0 picks a free one")] = 0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every component to be SERVING")] = 60.0,
+) -> None:
+    """Start the whole mesh on this machine: NATS, registry, flows, energy and the gateway."""
+    from greenmesh_cli.up import run_up
+
+    raise typer.Exit(run_up(load_settings(), nats_port, timeout, console))
+
+
+@app.command()
+def serve(component: Annotated[Component, typer.Argument(help="registry, flows, energy or gateway")]) -> None:
+    """Run one component in the foreground (what a container runs)."""
+    from meshkit.logs import configure_logging
+    from meshkit.server import ServiceRuntime
+    from services import definition_of
+
+    settings = load_settings()
+    configure_logging(component.value, settings.log_level, settings.log_format)
+    runtime = ServiceRuntime(definition_of(component), settings, install_global_telemetry=True)
+    asyncio.run(runtime.run_until_signal())
+
+
+@app.command()
+def migrate(
+    component: Annotated[Component | None, typer.Argument(help="one service; all services when omitted")] = None,
+) -> None:
+    """Apply the database migrations of one service (or all) and exit."""
+    from meshkit.migrate import migrate_blocking
+    from services import definition_of
+
+    settings = load_settings()
+    targets = [component] if component else list(SERVICES)
+    for target in targets:
+        if target is Component.GATEWAY:
+            console.print("the gateway has no database")
+            continue
+        definition = definition_of(target)
+        migrate_blocking(settings.database_url_for(target), definition.migrations)
+        console.print(f"{target.value}: database at the newest revision")
+
+
+@app.command()
+def status(
+    probe: Annotated[bool, typer.Option(help="also send a probe event through the outbox and NATS to every service")] = False,
+) -> None:
+    """Show the health of each component of the mesh `greenmesh up` started."""
+    from greenmesh_cli.health import check_all
+    from greenmesh_cli.mesh_file import MeshEndpoints
+
+    settings = load_settings()
+    endpoints = MeshEndpoints.load(settings.data_dir)
+    if endpoints is None:
+        grpc_endpoints = {c.value: settings.service_addr(c) for c in SERVICES}
+        console.print(f"no {settings.data_dir}/mesh.json (is `greenmesh up` running?); using the configured addresses")
+    else:
+        grpc_endpoints = endpoints.grpc
+    statuses = asyncio.run(check_all(grpc_endpoints))
+    table = Table(title="GreenMesh status")
+    table.add_column("component")
+    table.add_column("endpoint")
+    table.add_column("health")
+    for name, endpoint in grpc_endpoints.items():
+        state = statuses[name]
+        colour = "green" if state == "SERVING" else "red"
+        table.add_row(name, endpoint, f"[{colour}]{state}[/{colour}]")
+    console.print(table)
+    healthy = all(state == "SERVING" for state in statuses.values())
+    if probe and healthy:
+        healthy = asyncio.run(_probe(grpc_endpoints))
+    raise typer.Exit(0 if healthy else 1)
+
+
+async def _probe(endpoints: dict[str, str], timeout: float = 15.0) -> bool:
+    """Emit a probe at the registry and wait until flows and energy have consumed it."""
+    import grpc
+
+    from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
+
+    probe_id = f"status-{uuid.uuid4()}"
+    receivers = [c.value for c in SERVICES if c is not Component.REGISTRY]
+    async with grpc.aio.insecure_channel(endpoints[Component.REGISTRY.value]) as channel:
+        await probe_pb2_grpc.MeshProbeServiceStub(channel).EmitProbe(
+            probe_pb2.EmitProbeRequest(probe_id=probe_id, note="greenmesh status --probe"), timeout=5
+        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = set(receivers)
+    while pending and loop.time() < deadline:
+        for name in sorted(pending):
+            async with grpc.aio.insecure_channel(endpoints[name]) as channel:
+                reply = await probe_pb2_grpc.MeshProbeServiceStub(channel).GetProbe(
+                    probe_pb2.GetProbeRequest(probe_id=probe_id), timeout=5
+                )
+            if any(r.emitted_by == Component.REGISTRY.value for r in reply.receipts):
+                pending.discard(name)
+                console.print(f"probe {probe_id}: received by {name} (trace {reply.receipts[0].trace_id})")
+        await asyncio.sleep(0.2)
+    if pending:
+        console.print(f"[red]probe {probe_id} not received by {', '.join(sorted(pending))} within {timeout:.0f}s[/red]")
+        return False
+    return True
+
+
+@app.command()
+def traces(
+    trace_id: Annotated[str | None, typer.Argument(help="a trace id (or its prefix) to print as a tree")] = None,
+    limit: Annotated[int, typer.Option(help="how many recent traces to list")] = 20,
+) -> None:
+    """List recent traces from the local span files, or print one as a tree (service, span, duration)."""
+    from greenmesh_cli.traces import find_trace, load_traces, trace_list, trace_tree
+
+    settings = load_settings()
+    found = load_traces(settings.data_dir)
+    if not found:
+        console.print(f"no spans under {settings.data_dir}/traces (with OTEL_EXPORTER_OTLP_ENDPOINT set they go to the collector)")
+        raise typer.Exit(1)
+    if trace_id is None:
+        console.print(trace_list(found, limit))
+        return
+    matches = find_trace(found, trace_id)
+    if len(matches) != 1:
+        console.print(f"{len(matches)} traces match {trace_id!r}")
+        raise typer.Exit(1)
+    console.print(trace_tree(matches[0]))

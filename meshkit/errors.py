@@ -1,0 +1,244 @@
+"""Domain errors and their mapping to `google.rpc.Status` with details (through grpcio-status).
+
+Services raise these; the server interceptor turns them into a status with `BadRequest` field
+violations, `ErrorInfo` with a stable reason, or `ResourceInfo`. Anything else becomes INTERNAL with a
+generic message and is logged with the trace id, so no internals leak to callers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from opentelemetry import trace
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "greenmesh.io"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose; carries the gRPC code and details."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[Any]:
+        if self.reason is None:
+            return []
+        return [error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)]
+
+    def to_status(self) -> status_pb2.Status:
+        packed = []
+        for detail in self.details():
+            holder = any_pb2.Any()
+            holder.Pack(detail)
+            packed.append(holder)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+
+
+class InvalidArgument(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: Iterable[FieldViolation], message: str | None = None):
+        self.violations = list(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(message or f"invalid request: {summary}")
+
+    def details(self) -> list[Any]:
+        request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in self.violations
+            ]
+        )
+        return [request]
+
+
+class NotFound(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, resource_type: str, resource_name: str, message: str | None = None):
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        super().__init__(message or f"{resource_type} {resource_name!r} not found")
+
+    def details(self) -> list[Any]:
+        return [error_details_pb2.ResourceInfo(resource_type=self.resource_type, resource_name=self.resource_name)]
+
+
+class AlreadyExists(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+    def __init__(self, resource_type: str, resource_name: str, message: str | None = None):
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+        super().__init__(message or f"{resource_type} {resource_name!r} already exists", reason="ALREADY_EXISTS")
+
+    def details(self) -> list[Any]:
+        return [
+            *super().details(),
+            error_details_pb2.ResourceInfo(resource_type=self.resource_type, resource_name=self.resource_name),
+        ]
+
+
+class FailedPrecondition(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, reason: str, metadata: Mapping[str, str] | None = None):
+        super().__init__(message, reason=reason, metadata=metadata)
+
+
+class Aborted(DomainError):
+    """A concurrent change won (e.g. a stale version); the client may re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, message: str, *, reason: str = "CONCURRENT_MODIFICATION", metadata: Mapping[str, str] | None = None):
+        super().__init__(message, reason=reason, metadata=metadata)
+
+
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, reason: str = "PERMISSION_DENIED", metadata: Mapping[str, str] | None = None):
+        super().__init__(message, reason=reason, metadata=metadata)
+
+
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str = "a valid credential is required", *, reason: str = "UNAUTHENTICATED"):
+        super().__init__(message, reason=reason)
+
+
+class Unavailable(DomainError):
+    """A dependency (the database, NATS) is unreachable; the call is safe to retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, reason: str = "DEPENDENCY_UNAVAILABLE"):
+        super().__init__(message, reason=reason)
+
+
+def _trace_id() -> str:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else "-"
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def abort_internal(context: grpc.aio.ServicerContext[Any, Any], method: str, error: BaseException) -> None:
+    trace_id = _trace_id()
+    log.error("unexpected error in %s", method, exc_info=error, extra={"method": method})
+    internal = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (trace id {trace_id})")
+    status = rpc_status.to_status(internal)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _is_abort(error: BaseException) -> bool:
+    # grpc.aio raises AbortError out of context.abort(); it must pass through untouched.
+    return isinstance(error, grpc.aio.AbortError)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns DomainError into rich statuses and any other exception into a non-leaking INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def call_once(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await inner(request, context)
+                except DomainError as error:
+                    await abort_with(context, error)
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    await abort_internal(context, method, error)
+
+            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return factory(
+                call_once,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def call_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            except DomainError as error:
+                await abort_with(context, error)
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                await abort_internal(context, method, error)
+
+        stream_factory = (
+            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
+        return stream_factory(
+            call_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def status_from_error(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """Client side: the rich status a GreenMesh service attached to an error, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> list[FieldViolation]:
+    status = status_from_error(error)
+    found: list[FieldViolation] = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            found.extend(FieldViolation(v.field, v.description) for v in request.field_violations)
+    return found
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    status = status_from_error(error)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return None

@@ -1,0 +1,70 @@
+"""The inbox for idempotent consumers: the message id is recorded in the same transaction as the
+message's effect, and the message is acknowledged only after that transaction commits. A redelivered
+message finds its id already recorded and is acknowledged without being applied again."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from nats.aio.msg import Msg
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from meshkit.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, MessageHandler
+from meshkit.db import Database
+from meshkit.tables import InboxMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+# An effect handler applies one event inside the inbox transaction; it must not commit.
+EffectHandler = Callable[[AsyncSession, Msg], Awaitable[None]]
+
+
+def message_id_of(message: Msg) -> str:
+    headers = message.headers or {}
+    if MSG_ID_HEADER in headers:
+        return headers[MSG_ID_HEADER]
+    # Messages published without an id (never by GreenMesh) fall back to their stream position.
+    meta = message.metadata
+    return f"{meta.stream}:{meta.sequence.stream}"
+
+
+def idempotent_handler(
+    database: Database, consumer: str, effects: Mapping[str, EffectHandler], *, on_applied: Callable[[], None] | None = None
+) -> MessageHandler:
+    """Build a bus handler that applies each event at most once per consumer.
+
+    `effects` maps the event type (the payload's proto full name) to its effect; events of other types
+    are recorded and acknowledged so they never block the consumer.
+    """
+
+    async def handle(message: Msg) -> None:
+        message_id = message_id_of(message)
+        event_type = (message.headers or {}).get(EVENT_TYPE_HEADER, "")
+        try:
+            async with database.transaction() as session:
+                seen = await session.execute(
+                    select(InboxMessage.message_id).where(
+                        InboxMessage.consumer == consumer, InboxMessage.message_id == message_id
+                    )
+                )
+                if seen.first() is None:
+                    session.add(
+                        InboxMessage(consumer=consumer, message_id=message_id, subject=message.subject, received_at=utcnow())
+                    )
+                    effect = effects.get(event_type)
+                    if effect is not None:
+                        await effect(session, message)
+                    await session.flush()
+                else:
+                    log.debug("consumer %s: %s already applied", consumer, message_id)
+        except IntegrityError:
+            # Another replica applied it concurrently: the unique key kept it to one effect.
+            log.debug("consumer %s: %s applied concurrently", consumer, message_id)
+        await message.ack_sync()
+        if on_applied is not None:
+            on_applied()
+
+    return handle

@@ -1,0 +1,1 @@
+"""Energy-saving equipment records: catalogue, installed assets, meter readings, PUE and load rate, savings evaluations."""
