@@ -9,12 +9,11 @@ from typing import Any
 
 import uvicorn
 from google.protobuf.json_format import MessageToDict
+from greenmesh.mesh.v1 import status_pb2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from greenmesh.mesh.v1 import status_pb2
 
 StatusSource = Callable[[], Coroutine[Any, Any, status_pb2.GetMeshStatusResponse]]
 
@@ -26,8 +25,12 @@ def build_app(status: StatusSource) -> Starlette:
 
     async def healthz(_request: Request) -> JSONResponse:
         reply = await status()
-        body = {c.component: status_pb2.ServingState.Name(c.state).removeprefix("SERVING_STATE_") for c in reply.components}
-        return JSONResponse({"all_serving": reply.all_serving, "components": body}, status_code=200 if reply.all_serving else 503)
+        body = {
+            c.component: status_pb2.ServingState.Name(c.state).removeprefix("SERVING_STATE_") for c in reply.components
+        }
+        return JSONResponse(
+            {"all_serving": reply.all_serving, "components": body}, status_code=200 if reply.all_serving else 503
+        )
 
     return Starlette(routes=[Route("/v1/mesh/status", mesh_status), Route("/healthz", healthz)])
 
@@ -47,7 +50,7 @@ class EmbeddedServer(uvicorn.Server):
 async def serve_http(server: EmbeddedServer, started: asyncio.Event) -> None:
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started and not task.done():
+        while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no start-up event)
             await asyncio.sleep(0.01)
         started.set()
         await asyncio.shield(task)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.grpc_options import CHANNEL_OPTIONS
 
@@ -39,7 +39,9 @@ class ServiceChannels:
         self.channels.clear()
 
 
-async def check_component(channels: ServiceChannels, component: Component, timeout: float) -> status_pb2.ComponentStatus:
+async def check_component(
+    channels: ServiceChannels, component: Component, timeout: float
+) -> status_pb2.ComponentStatus:
     endpoint = channels.settings.service_addr(component)
     stub = health_pb2_grpc.HealthStub(channels.channel(component))
     try:
@@ -52,7 +54,9 @@ async def check_component(channels: ServiceChannels, component: Component, timeo
             detail=f"{error.code().name}: {error.details() or ''}".strip(),
         )
     return status_pb2.ComponentStatus(
-        component=component.value, endpoint=endpoint, state=_STATE.get(reply.status, status_pb2.SERVING_STATE_UNSPECIFIED)
+        component=component.value,
+        endpoint=endpoint,
+        state=_STATE.get(reply.status, status_pb2.SERVING_STATE_UNSPECIFIED),
     )
 
 

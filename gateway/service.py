@@ -7,10 +7,10 @@ from collections.abc import Coroutine, Sequence
 
 import grpc
 import uvicorn
+from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 
 from gateway.http import EmbeddedServer, build_app, serve_http
 from gateway.mesh_status import MeshStatusServicer, ServiceChannels, mesh_status
-from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from meshkit.config import Component
 from meshkit.server import ServiceDefinition, ServiceRuntime
 
@@ -26,7 +26,9 @@ def _status_source(runtime: ServiceRuntime, channels: ServiceChannels):  # type:
 def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> Sequence[str]:
     channels = ServiceChannels(runtime.settings)
     runtime.state["channels"] = channels
-    status_pb2_grpc.add_MeshStatusServiceServicer_to_server(MeshStatusServicer(_status_source(runtime, channels)), server)
+    status_pb2_grpc.add_MeshStatusServiceServicer_to_server(
+        MeshStatusServicer(_status_source(runtime, channels)), server
+    )
     return [status_pb2.DESCRIPTOR.services_by_name["MeshStatusService"].full_name]
 
 

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from meshkit.config import SERVICES, Component, load_settings
 
-app = typer.Typer(help="GreenMesh: battery recycling flows and energy-equipment records, as a gRPC mesh.", no_args_is_help=True)
+app = typer.Typer(
+    help="GreenMesh: battery recycling flows and energy-equipment records, as a gRPC mesh.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -61,7 +63,9 @@ def migrate(
 
 @app.command()
 def status(
-    probe: Annotated[bool, typer.Option(help="also send a probe event through the outbox and NATS to every service")] = False,
+    probe: Annotated[
+        bool, typer.Option(help="also send a probe event through the outbox and NATS to every service")
+    ] = False,
 ) -> None:
     """Show the health of each component of the mesh `greenmesh up` started."""
     from greenmesh_cli.health import check_all
@@ -93,7 +97,6 @@ def status(
 async def _probe(endpoints: dict[str, str], timeout: float = 15.0) -> bool:
     """Emit a probe at the registry and wait until flows and energy have consumed it."""
     import grpc
-
     from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 
     probe_id = f"status-{uuid.uuid4()}"
@@ -132,7 +135,9 @@ def traces(
     settings = load_settings()
     found = load_traces(settings.data_dir)
     if not found:
-        console.print(f"no spans under {settings.data_dir}/traces (with OTEL_EXPORTER_OTLP_ENDPOINT set they go to the collector)")
+        console.print(
+            f"no spans under {settings.data_dir}/traces (with OTEL_EXPORTER_OTLP_ENDPOINT set they go to the collector)"
+        )
         raise typer.Exit(1)
     if trace_id is None:
         console.print(trace_list(found, limit))

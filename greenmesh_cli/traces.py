@@ -13,6 +13,11 @@ from rich.tree import Tree
 from meshkit.telemetry import TRACES_DIRNAME
 
 
+def _ns(span: dict[str, object], key: str) -> int:
+    value = span[key]
+    return value if isinstance(value, int) else 0
+
+
 @dataclass
 class TraceSummary:
     trace_id: str
@@ -20,17 +25,17 @@ class TraceSummary:
 
     @property
     def start_ns(self) -> int:
-        return min(int(s["start_ns"]) for s in self.spans)  # type: ignore[call-overload]
+        return min(_ns(s, "start_ns") for s in self.spans)
 
     @property
     def end_ns(self) -> int:
-        return max(int(s["end_ns"]) for s in self.spans)  # type: ignore[call-overload]
+        return max(_ns(s, "end_ns") for s in self.spans)
 
     @property
     def root(self) -> dict[str, object]:
         ids = {s["span_id"] for s in self.spans}
         roots = [s for s in self.spans if s.get("parent_span_id") not in ids]
-        return min(roots, key=lambda s: int(s["start_ns"]))  # type: ignore[call-overload]
+        return min(roots, key=lambda s: _ns(s, "start_ns"))
 
     @property
     def services(self) -> list[str]:
@@ -66,7 +71,11 @@ def trace_list(traces: dict[str, TraceSummary], limit: int) -> Table:
     for trace in newest:
         root = trace.root
         table.add_row(
-            trace.trace_id, f"{root['service']}: {root['name']}", ", ".join(trace.services), str(len(trace.spans)), _ms(trace.end_ns - trace.start_ns)
+            trace.trace_id,
+            f"{root['service']}: {root['name']}",
+            ", ".join(trace.services),
+            str(len(trace.spans)),
+            _ms(trace.end_ns - trace.start_ns),
         )
     return table
 
@@ -75,7 +84,7 @@ def trace_tree(trace: TraceSummary) -> Tree:
     children: dict[object, list[dict[str, object]]] = defaultdict(list)
     ids = {s["span_id"] for s in trace.spans}
     roots = []
-    for span in sorted(trace.spans, key=lambda s: int(s["start_ns"])):  # type: ignore[call-overload]
+    for span in sorted(trace.spans, key=lambda s: _ns(s, "start_ns")):
         parent = span.get("parent_span_id")
         if parent in ids:
             children[parent].append(span)
@@ -84,7 +93,7 @@ def trace_tree(trace: TraceSummary) -> Tree:
     tree = Tree(f"trace {trace.trace_id} ({_ms(trace.end_ns - trace.start_ns)})")
 
     def label(span: dict[str, object]) -> str:
-        duration = int(span["end_ns"]) - int(span["start_ns"])  # type: ignore[call-overload]
+        duration = _ns(span, "end_ns") - _ns(span, "start_ns")
         status = "" if span.get("status") != "ERROR" else " [red]ERROR[/red]"
         return f"[bold]{span['service']}[/bold] {span['name']} [dim]{span['kind']}[/dim] {_ms(duration)}{status}"
 

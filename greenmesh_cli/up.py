@@ -9,6 +9,7 @@ SERVING, prints the endpoints, and on Ctrl-C or SIGTERM stops everything, leavin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -33,10 +34,8 @@ START_ORDER: tuple[Component, ...] = (*SERVICES, Component.GATEWAY)
 def _die_with_parent() -> None:
     # Linux: if `greenmesh up` itself is killed, the kernel sends each child SIGTERM (PR_SET_PDEATHSIG),
     # so no component outlives the supervisor.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def pick_port(preferred: int, host: str) -> int:
@@ -56,7 +55,9 @@ class Mesh:
         self.settings = settings
         self.console = console
         self.data_dir = settings.data_dir.resolve()
-        self.nats = NatsServer(store_dir=self.data_dir / "nats", port=nats_port, log_file=self.data_dir / "logs" / "nats-server.log")
+        self.nats = NatsServer(
+            store_dir=self.data_dir / "nats", port=nats_port, log_file=self.data_dir / "logs" / "nats-server.log"
+        )
         self.children: list[Child] = []
         self.http_port = 0
         self.grpc_ports: dict[Component, int] = {}
@@ -98,7 +99,11 @@ class Mesh:
     async def wait_until_serving(self, timeout: float) -> list[Child]:
         """Returns the children that did not become SERVING in time (or exited)."""
         results = await asyncio.gather(*(wait_serving(child.endpoint, timeout) for child in self.children))
-        return [child for child, ok in zip(self.children, results, strict=True) if not ok or child.process.poll() is not None]
+        return [
+            child
+            for child, ok in zip(self.children, results, strict=True)
+            if not ok or child.process.poll() is not None
+        ]
 
     def endpoints(self) -> MeshEndpoints:
         return MeshEndpoints(
@@ -133,7 +138,12 @@ def endpoint_table(mesh: Mesh, statuses: dict[str, str]) -> Table:
     table.add_column("log")
     table.add_row("nats", mesh.nats.url, "running", str(mesh.data_dir / "logs" / "nats-server.log"))
     for child in mesh.children:
-        table.add_row(child.component.value, f"grpc {child.endpoint}", statuses.get(child.component.value, "?"), str(child.log_path))
+        table.add_row(
+            child.component.value,
+            f"grpc {child.endpoint}",
+            statuses.get(child.component.value, "?"),
+            str(child.log_path),
+        )
     table.add_row("gateway (REST)", f"http://127.0.0.1:{mesh.http_port}", "", "")
     return table
 
@@ -170,7 +180,9 @@ def run_up(settings: MeshSettings, nats_port: int, timeout: float, console: Cons
         while not stop_requested:
             for child in mesh.children:
                 if child.process.poll() is not None:
-                    console.print(f"[red]{child.component.value} exited with {child.process.returncode}[/red]; stopping the mesh")
+                    console.print(
+                        f"[red]{child.component.value} exited with {child.process.returncode}[/red]; stopping the mesh"
+                    )
                     console.print(tail(child.log_path), markup=False)
                     return 1
             time.sleep(0.2)

@@ -8,6 +8,7 @@ extracts into a CONSUMER span (parented to the producer, plus a link; link-only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ class Bus:
                     name=f"greenmesh-{self.component.value}-{self.settings.province}",
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=delay,  # type: ignore[arg-type]
+                    reconnect_time_wait=delay,
                     connect_timeout=2,
                     ping_interval=5,
                     max_outstanding_pings=2,
@@ -134,7 +135,9 @@ class Bus:
             try:
                 await asyncio.wait_for(self.client.drain(), timeout=5)
             except Exception:
-                await self.client.close()
+                # NATS is already gone (or draining timed out): close without flushing.
+                with contextlib.suppress(Exception):
+                    await self.client.close()
 
     # -- streams --------------------------------------------------------------------------------
 
@@ -176,13 +179,18 @@ class Bus:
         parent: Context | None = None,
     ) -> api.PubAck:
         """Publish inside a PRODUCER span (a child of `parent`, the context stored with the outbox row)."""
+        if not self.connected:
+            # Fail at once: a publish while disconnected would only wait for its ack timeout.
+            raise nats.errors.ConnectionClosedError
         with self.tracer.start_as_current_span(
             f"send {subject}",
             context=parent,
             kind=SpanKind.PRODUCER,
             attributes=messaging_attributes(subject, message_id),
         ) as span:
-            carrier: dict[str, str] = {k: v for k, v in (headers or {}).items() if k not in ("traceparent", "tracestate")}
+            carrier: dict[str, str] = {
+                k: v for k, v in (headers or {}).items() if k not in ("traceparent", "tracestate")
+            }
             propagate.inject(carrier)  # the PRODUCER span is current here, so consumers become its children
             carrier[MSG_ID_HEADER] = message_id
             try:
@@ -215,7 +223,9 @@ class Bus:
 
     def start_consumers(self) -> None:
         for spec in self._consumer_specs:
-            self._consumer_tasks.append(asyncio.create_task(self._consume_forever(spec), name=f"consumer:{spec.durable}"))
+            self._consumer_tasks.append(
+                asyncio.create_task(self._consume_forever(spec), name=f"consumer:{spec.durable}")
+            )
 
     async def stop_consumers(self) -> None:
         for task in self._consumer_tasks:
@@ -244,10 +254,8 @@ class Bus:
                         for message in messages:
                             await self._deliver(spec, message)
                 finally:
-                    try:
+                    with contextlib.suppress(Exception):
                         await subscription.unsubscribe()
-                    except Exception:
-                        pass
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -277,7 +285,5 @@ class Bus:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 span.record_exception(exc)
                 log.exception("consumer %s failed on %s; will be redelivered", spec.durable, message.subject)
-                try:
+                with contextlib.suppress(Exception):
                     await message.nak(delay=1.0)
-                except Exception:
-                    pass

@@ -7,6 +7,7 @@ generic message and is logged with the trace id, so no internals leak to callers
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -111,7 +112,9 @@ class Aborted(DomainError):
 
     code = grpc.StatusCode.ABORTED
 
-    def __init__(self, message: str, *, reason: str = "CONCURRENT_MODIFICATION", metadata: Mapping[str, str] | None = None):
+    def __init__(
+        self, message: str, *, reason: str = "CONCURRENT_MODIFICATION", metadata: Mapping[str, str] | None = None
+    ):
         super().__init__(message, reason=reason, metadata=metadata)
 
 
@@ -166,10 +169,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
@@ -186,30 +189,49 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                         raise
                     await abort_internal(context, method, error)
 
-            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            factory = (
+                grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            )
             return factory(
                 call_once,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         inner_stream = handler.unary_stream or handler.stream_stream
-
-        async def call_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            try:
-                async for item in inner_stream(request, context):
-                    yield item
-            except DomainError as error:
-                await abort_with(context, error)
-            except Exception as error:
-                if _is_abort(error):
-                    raise
-                await abort_internal(context, method, error)
-
         stream_factory = (
             grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
         )
+        if inspect.isasyncgenfunction(inner_stream) or inspect.isasyncgenfunction(
+            getattr(inner_stream, "__func__", None)
+        ):
+
+            async def call_generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except DomainError as error:
+                    await abort_with(context, error)
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    await abort_internal(context, method, error)
+
+            behaviour: Any = call_generator
+        else:
+            # A streaming handler written as a coroutine that calls context.write() (e.g. health Watch).
+            async def call_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                try:
+                    await inner_stream(request, context)
+                except DomainError as error:
+                    await abort_with(context, error)
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    await abort_internal(context, method, error)
+
+            behaviour = call_writer
         return stream_factory(
-            call_stream,
+            behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -240,5 +262,5 @@ def error_reason(error: grpc.aio.AioRpcError) -> str | None:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            return str(info.reason)
     return None

@@ -8,8 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from nats.aio.msg import Msg
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meshkit.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, MessageHandler
@@ -32,7 +32,11 @@ def message_id_of(message: Msg) -> str:
 
 
 def idempotent_handler(
-    database: Database, consumer: str, effects: Mapping[str, EffectHandler], *, on_applied: Callable[[], None] | None = None
+    database: Database,
+    consumer: str,
+    effects: Mapping[str, EffectHandler],
+    *,
+    on_applied: Callable[[], None] | None = None,
 ) -> MessageHandler:
     """Build a bus handler that applies each event at most once per consumer.
 
@@ -45,14 +49,16 @@ def idempotent_handler(
         event_type = (message.headers or {}).get(EVENT_TYPE_HEADER, "")
         try:
             async with database.transaction() as session:
-                seen = await session.execute(
-                    select(InboxMessage.message_id).where(
-                        InboxMessage.consumer == consumer, InboxMessage.message_id == message_id
+                seen = await session.exec(
+                    select(col(InboxMessage.message_id)).where(
+                        col(InboxMessage.consumer) == consumer, col(InboxMessage.message_id) == message_id
                     )
                 )
                 if seen.first() is None:
                     session.add(
-                        InboxMessage(consumer=consumer, message_id=message_id, subject=message.subject, received_at=utcnow())
+                        InboxMessage(
+                            consumer=consumer, message_id=message_id, subject=message.subject, received_at=utcnow()
+                        )
                     )
                     effect = effects.get(event_type)
                     if effect is not None:

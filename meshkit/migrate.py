@@ -28,7 +28,7 @@ def alembic_config(url: str, service_versions: Path | None) -> Config:
     # Alembic splits this option on the path separator named here.
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", os.pathsep.join(locations))
-    config.set_main_option("sqlalchemy.url", url)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolates %
     return config
 
 

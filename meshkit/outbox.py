@@ -9,6 +9,7 @@ de-duplication window; consumers are idempotent (see `meshkit.inbox`) for anythi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 from opentelemetry import propagate
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import select, update
+from sqlalchemy import update
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, Bus
@@ -71,8 +73,10 @@ class OutboxRelay:
 
     async def pending_count(self) -> int:
         async with self.database.session() as session:
-            rows = await session.execute(select(OutboxEvent.seq).where(OutboxEvent.published_at.is_(None)))  # type: ignore[union-attr]
-            return len(rows.all())
+            rows = await session.exec(
+                select(func.count()).select_from(OutboxEvent).where(col(OutboxEvent.published_at).is_(None))
+            )
+            return int(rows.one())
 
     async def publish_pending(self) -> int:
         """One pass: publish every unpublished row in order, in batches; returns how many were sent.
@@ -95,14 +99,14 @@ class OutboxRelay:
         async with self.database.transaction() as session:
             query = (
                 select(OutboxEvent)
-                .where(OutboxEvent.published_at.is_(None))  # type: ignore[union-attr]
-                .order_by(OutboxEvent.seq)  # type: ignore[arg-type]
+                .where(col(OutboxEvent.published_at).is_(None))
+                .order_by(col(OutboxEvent.seq))
                 .limit(self.batch_size)
             )
             if self.database.is_postgres:
                 # Several replicas may relay at once; each takes rows the others have not locked.
                 query = query.with_for_update(skip_locked=True)
-            rows = list((await session.execute(query)).scalars())
+            rows = list((await session.exec(query)).all())
             if not rows:
                 return 0
             published: list[int] = []
@@ -111,7 +115,9 @@ class OutboxRelay:
                 headers: dict[str, str] = json.loads(row.headers_json)
                 parent = propagate.extract(headers)
                 try:
-                    await self.bus.publish(row.subject, row.payload, message_id=row.event_id, headers=headers, parent=parent)
+                    await self.bus.publish(
+                        row.subject, row.payload, message_id=row.event_id, headers=headers, parent=parent
+                    )
                 except Exception as exc:
                     assert row.seq is not None
                     failure = (row.seq, f"{type(exc).__name__}: {exc}"[:500])
@@ -120,13 +126,13 @@ class OutboxRelay:
                 published.append(row.seq)
             now = utcnow()
             if published:
-                await session.execute(
-                    update(OutboxEvent).where(OutboxEvent.seq.in_(published)).values(published_at=now)  # type: ignore[union-attr]
+                await session.exec(
+                    update(OutboxEvent).where(col(OutboxEvent.seq).in_(published)).values(published_at=now)
                 )
             if failure is not None:
-                await session.execute(
+                await session.exec(
                     update(OutboxEvent)
-                    .where(OutboxEvent.seq == failure[0])
+                    .where(col(OutboxEvent.seq) == failure[0])
                     .values(attempts=OutboxEvent.attempts + 1, last_error=failure[1])
                 )
         self.published_total += len(published)
@@ -138,13 +144,11 @@ class OutboxRelay:
         """Relay forever: publish on notify or every poll interval; back off while NATS is down."""
         backoff = self.poll_seconds
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
             if not self.bus.connected:
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 5.0)  # the bus notifies us as soon as NATS is back
                 continue
             try:
                 await self.publish_pending()

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from nats.aio.msg import Msg
-from opentelemetry import trace
-from sqlalchemy import select
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from greenmesh.common.v1 import event_pb2
 from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from meshkit.errors import FieldViolation, InvalidArgument
 from meshkit.outbox import append_event, new_event_id
 from meshkit.subjects import event_subject
@@ -84,10 +84,12 @@ class MeshProbeServicer(probe_pb2_grpc.MeshProbeServiceServicer):
             raise InvalidArgument([FieldViolation("probe_id", "required")])
         async with self.runtime.database.session() as session:
             rows = (
-                await session.execute(
-                    select(ProbeReceipt).where(ProbeReceipt.probe_id == request.probe_id).order_by(ProbeReceipt.emitted_by)  # type: ignore[arg-type]
+                await session.exec(
+                    select(ProbeReceipt)
+                    .where(col(ProbeReceipt.probe_id) == request.probe_id)
+                    .order_by(col(ProbeReceipt.emitted_by))
                 )
-            ).scalars()
+            ).all()
             receipts = []
             for row in rows:
                 received = Timestamp()

@@ -4,6 +4,7 @@ NOT_SERVING from the moment shutdown begins. Published through the standard grpc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -70,10 +71,8 @@ class Readiness:
         while True:
             if database is not None:
                 self.set_database(await database.ping(timeout=min(ping_seconds, 2.0)))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=ping_seconds)
-            except TimeoutError:
-                pass
             self._changed.clear()
             await self.publish()
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.trace import SpanProcessor
 
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.bus import Bus, ConsumerSpec
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.db import Database
@@ -141,13 +141,16 @@ class ServiceRuntime:
         if definition.uses_bus:
             self.bus = Bus(settings=settings, component=self.component, tracer=self.telemetry.tracer("meshkit.bus"))
             self.relay = OutboxRelay(
-                self.database, self.bus, batch_size=settings.outbox_batch_size, poll_seconds=settings.outbox_poll_seconds
+                self.database,
+                self.bus,
+                batch_size=settings.outbox_batch_size,
+                poll_seconds=settings.outbox_poll_seconds,
             )
 
         self.server = grpc.aio.server(
             interceptors=[
                 # Outermost first: the span sees the final status the error mapping produced.
-                aio_server_interceptor(
+                aio_server_interceptor(  # type: ignore[no-untyped-call]
                     tracer_provider=self.telemetry.provider, filter_=filters.negate(filters.health_check())
                 ),
                 ErrorMappingInterceptor(),
@@ -170,6 +173,8 @@ class ServiceRuntime:
         )
         if definition.uses_bus:
             self.bus.listeners.append(self.readiness.set_nats)
+            # Back from an outage: publish what the outbox gathered now rather than after the back-off.
+            self.bus.listeners.append(lambda up: self.relay.notify() if up else None)
             subscriptions = [*definition.subscriptions(self), *probe_subscriptions(self.component)]
             for spec in build_consumers(self, subscriptions):
                 self.bus.add_consumer(spec)

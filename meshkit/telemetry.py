@@ -17,15 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncEngine
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-    SpanProcessor,
-)
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRACES_DIRNAME = "traces"
 
@@ -101,13 +96,13 @@ def instrument_engine(engine: AsyncEngine, telemetry: Telemetry) -> None:
     from opentelemetry.metrics import get_meter
 
     counter = get_meter("meshkit.db").create_up_down_counter("db.client.connections.usage")
-    EngineTracer(telemetry.tracer("opentelemetry.instrumentation.sqlalchemy"), engine.sync_engine, counter)
+    EngineTracer(  # type: ignore[no-untyped-call]
+        telemetry.tracer("opentelemetry.instrumentation.sqlalchemy"), engine.sync_engine, counter
+    )
 
 
 def otlp_configured() -> bool:
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def setup_telemetry(

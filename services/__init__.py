@@ -9,17 +9,17 @@ from meshkit.server import ServiceDefinition
 def definition_of(component: Component) -> ServiceDefinition:
     """The service definition a `greenmesh serve <component>` process runs."""
     if component is Component.REGISTRY:
-        from services.registry.service import DEFINITION as registry
+        from services.registry.service import DEFINITION as REGISTRY
 
-        return registry
+        return REGISTRY
     if component is Component.FLOWS:
-        from services.flows.service import DEFINITION as flows
+        from services.flows.service import DEFINITION as FLOWS
 
-        return flows
+        return FLOWS
     if component is Component.ENERGY:
-        from services.energy.service import DEFINITION as energy
+        from services.energy.service import DEFINITION as ENERGY
 
-        return energy
-    from gateway.service import DEFINITION as gateway
+        return ENERGY
+    from gateway.service import DEFINITION as GATEWAY
 
-    return gateway
+    return GATEWAY

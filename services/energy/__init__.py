@@ -1,1 +1,2 @@
-"""Energy-saving equipment records: catalogue, installed assets, meter readings, PUE and load rate, savings evaluations."""
+"""Energy-saving equipment records: catalogue, installed assets, meter readings,
+PUE and load rate, savings evaluations."""

@@ -1,1 +1,2 @@
-"""Battery identity and flow reporting: custody events, the custody state machine, compliance alerts, traces and statistics."""
+"""Battery identity and flow reporting: custody events, the custody state machine,
+compliance alerts, traces and statistics."""

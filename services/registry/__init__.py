@@ -1,1 +1,2 @@
-"""Participant registry: enterprises (by unified social credit code), their facilities, accreditation and credentials."""
+"""Participant registry: enterprises (by unified social credit code), their facilities,
+accreditation and credentials."""
