@@ -9,11 +9,12 @@ from typing import Any
 
 import uvicorn
 from google.protobuf.json_format import MessageToDict
-from greenmesh.mesh.v1 import status_pb2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from greenmesh.mesh.v1 import status_pb2
 
 StatusSource = Callable[[], Coroutine[Any, Any, status_pb2.GetMeshStatusResponse]]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.grpc_options import CHANNEL_OPTIONS
 

@@ -7,10 +7,10 @@ from collections.abc import Coroutine, Sequence
 
 import grpc
 import uvicorn
-from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 
 from gateway.http import EmbeddedServer, build_app, serve_http
 from gateway.mesh_status import MeshStatusServicer, ServiceChannels, mesh_status
+from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from meshkit.config import Component
 from meshkit.server import ServiceDefinition, ServiceRuntime
 

@@ -97,6 +97,7 @@ def status(
 async def _probe(endpoints: dict[str, str], timeout: float = 15.0) -> bool:
     """Emit a probe at the registry and wait until flows and energy have consumed it."""
     import grpc
+
     from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 
     probe_id = f"status-{uuid.uuid4()}"

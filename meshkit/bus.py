@@ -19,6 +19,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -167,6 +168,17 @@ class Bus:
             if source is not Component.GATEWAY:
                 await self.ensure_stream(source)
 
+    async def key_value(self, bucket: str) -> KeyValue:
+        """A JetStream key-value bucket, created (file storage, one revision kept) when missing."""
+        try:
+            return await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=bucket, history=1, storage=api.StorageType.FILE, replicas=self.settings.stream_replicas
+                )
+            )
+
     # -- publishing -----------------------------------------------------------------------------
 
     async def publish(
@@ -228,6 +240,7 @@ class Bus:
             )
 
     async def stop_consumers(self) -> None:
+        self._stopping = True
         for task in self._consumer_tasks:
             task.cancel()
         await asyncio.gather(*self._consumer_tasks, return_exceptions=True)
@@ -237,7 +250,7 @@ class Bus:
         # Supervised: any failure (server restart, deleted consumer, lost stream) re-creates the
         # subscription, because a pull subscription does not resume by itself (nats.py#504).
         stream = stream_name(self.settings.province, spec.source)
-        while True:
+        while not self._stopping:
             try:
                 if not self.connected:
                     await asyncio.sleep(0.2)
@@ -246,7 +259,7 @@ class Bus:
                 await self.js.add_consumer(stream, config=self.consumer_config(spec))
                 subscription = await self.js.pull_subscribe_bind(durable=spec.durable, stream=stream)
                 try:
-                    while True:
+                    while not self._stopping:
                         try:
                             messages = await subscription.fetch(spec.batch, timeout=1.0)
                         except TimeoutError:

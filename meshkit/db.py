@@ -76,6 +76,11 @@ class Database:
                     await connection.execute(text("SELECT 1"))
             return True
         except Exception:
+            # On Python 3.11 a cancellation that meets the timeout can surface as TimeoutError; a
+            # task being cancelled must stop, not report the database as down and carry on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
             return False
 
     async def dispose(self) -> None:

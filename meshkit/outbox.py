@@ -66,6 +66,7 @@ class OutboxRelay:
     poll_seconds: float = 0.5
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     published_total: int = 0
+    stopping: bool = False
 
     def notify(self) -> None:
         """Called after a commit that wrote outbox rows, so they go out without waiting for the poll."""
@@ -143,7 +144,7 @@ class OutboxRelay:
     async def run(self) -> None:
         """Relay forever: publish on notify or every poll interval; back off while NATS is down."""
         backoff = self.poll_seconds
-        while True:
+        while not self.stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
             self._wakeup.clear()

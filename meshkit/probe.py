@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenmesh.common.v1 import event_pb2
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from nats.aio.msg import Msg
 from opentelemetry import trace
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from greenmesh.common.v1 import event_pb2
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.errors import FieldViolation, InvalidArgument
 from meshkit.outbox import append_event, new_event_id
 from meshkit.subjects import event_subject

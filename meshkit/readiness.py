@@ -68,7 +68,7 @@ class Readiness:
     async def run(self, database: Database | None, ping_seconds: float) -> None:
         """Watch the database (by pinging) and publish every change of readiness."""
         await self.publish()
-        while True:
+        while not self.shutting_down:
             if database is not None:
                 self.set_database(await database.ping(timeout=min(ping_seconds, 2.0)))
             with contextlib.suppress(TimeoutError):

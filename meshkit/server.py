@@ -13,19 +13,19 @@ import contextlib
 import logging
 import signal
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.trace import SpanProcessor
 
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.bus import Bus, ConsumerSpec
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.db import Database
@@ -40,6 +40,18 @@ from meshkit.subjects import event_subject
 from meshkit.telemetry import Telemetry, instrument_engine, setup_telemetry
 
 log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel background tasks and wait for them, but never forever: a task that swallowed its
+    cancellation is reported rather than allowed to hang shutdown."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        log.error("task %s did not stop within %.0fs of being cancelled", task.get_name(), timeout)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ class ServiceDefinition:
     # The gateway has no database and, for now, no bus; every domain service has both.
     uses_database: bool = True
     uses_bus: bool = True
+    # Work before the server starts (loading reference data); runs after migrations.
+    prepare: Callable[[ServiceRuntime], Awaitable[None]] | None = None
     # Long-running tasks beside the gRPC server (the gateway's HTTP server); cancelled on stop.
     background: Callable[[ServiceRuntime], Sequence[Coroutine[None, None, None]]] = lambda _runtime: ()
 
@@ -147,6 +161,9 @@ class ServiceRuntime:
                 poll_seconds=settings.outbox_poll_seconds,
             )
 
+        if definition.prepare is not None:
+            await definition.prepare(self)
+
         self.server = grpc.aio.server(
             interceptors=[
                 # Outermost first: the span sees the final status the error mapping produced.
@@ -204,9 +221,10 @@ class ServiceRuntime:
         self._stopped = True
         await self.readiness.shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.definition.uses_bus:
+            self.relay.stopping = True
+            await self.bus.stop_consumers()
+        await cancel_and_wait(self._tasks, timeout=5.0)
         if self.definition.uses_bus:
             if self.bus.connected:
                 # Events committed by the last RPCs go out now rather than at the next start.

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from sqlmodel import func, select
 
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.config import Component
 from meshkit.errors import (
     AlreadyExists,

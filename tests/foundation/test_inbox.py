@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import nats
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from nats.js import api
 from sqlmodel import func, select
 
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.inbox import idempotent_handler
 from meshkit.localinfra import NatsServer
 from meshkit.probe import record_probe_receipt

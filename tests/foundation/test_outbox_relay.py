@@ -6,11 +6,11 @@ from __future__ import annotations
 import grpc
 import nats
 import pytest
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from nats.aio.msg import Msg
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.localinfra import NatsServer
 from meshkit.outbox import OutboxPublishError
 from meshkit.server import ServiceRuntime

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from greenmesh.mesh.v1 import probe_pb2
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from greenmesh.mesh.v1 import probe_pb2
 from meshkit.db import Database
 from meshkit.migrate import migrate
 from meshkit.outbox import append_event

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import nats
-from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.localinfra import NatsServer
 from meshkit.server import ServiceRuntime
 from meshkit.subjects import event_subject, stream_name
