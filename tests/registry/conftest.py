@@ -86,7 +86,7 @@ class Registry:
         self,
         operator: pb.Participant,
         place: tuple[str, float, float] = XUANWU,
-        facility_type: int = pb.FACILITY_TYPE_RECYCLING_OUTLET,
+        facility_type: pb.FacilityType.ValueType = pb.FACILITY_TYPE_RECYCLING_OUTLET,
         code: str | None = None,
         caller: Caller | None = None,
     ) -> pb.Facility:
@@ -123,7 +123,8 @@ class Registry:
 
 
 def facility_message(
-    operator_id: str, county: str, lat: float, lon: float, facility_type: int = pb.FACILITY_TYPE_RECYCLING_OUTLET,
+    operator_id: str, county: str, lat: float, lon: float,
+    facility_type: pb.FacilityType.ValueType = pb.FACILITY_TYPE_RECYCLING_OUTLET,
     code: str | None = None,
 ) -> pb.Facility:  # fmt: skip
     return pb.Facility(

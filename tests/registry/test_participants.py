@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from sqlmodel import func, select
 
 from greenmesh.registry.v1 import registry_pb2 as pb
@@ -80,7 +81,10 @@ async def test_every_field_is_validated(registry: Registry) -> None:
             participant=pb.Participant(
                 credit_code=credit_code(),
                 legal_name=" ",
-                roles=[pb.PARTICIPANT_ROLE_REGULATOR, 99],  # a regulator without a region, an unknown role
+                roles=[
+                    pb.PARTICIPANT_ROLE_REGULATOR,
+                    pb.ParticipantRole.ValueType(99),
+                ],  # a regulator without a region, an unknown role
                 contact_phone="call me",
             )
         ),
@@ -116,7 +120,7 @@ async def test_stale_version_is_aborted_and_changes_nothing(registry: Registry) 
         participant=pb.Participant(
             participant_id=participant.participant_id, contact_phone="13800000000", version=participant.version
         ),
-        update_mask={"paths": ["contact_phone"]},
+        update_mask=FieldMask(paths=["contact_phone"]),
     )
     updated = await registry.call("UpdateParticipant", mask, as_participant(participant))
     assert updated.participant.version == participant.version + 1
@@ -138,7 +142,7 @@ async def test_a_participant_cannot_grant_itself_roles(registry: Registry) -> No
                 roles=[pb.PARTICIPANT_ROLE_RECYCLING_ENTERPRISE],
                 version=participant.version,
             ),
-            update_mask={"paths": ["roles"]},
+            update_mask=FieldMask(paths=["roles"]),
         ),
         as_participant(participant),
     )
