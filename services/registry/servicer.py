@@ -614,7 +614,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: pb.GetCountyCoverageRequest, context: Context
     ) -> pb.GetCountyCoverageResponse:
         province = request.province_code.strip()
-        if province and province not in self.divisions.counts_by_province(COVERAGE_LEVELS):
+        provinces = {code[:2] for code in self.divisions.counts_by_province(COVERAGE_LEVELS)}
+        if province and province not in provinces:
             raise InvalidArgument([FieldViolation("province_code", f"{province!r} is not a mainland province code")])
         types = ["RECYCLING_OUTLET", "TEMP_STORAGE_POINT"]
         async with self.runtime.database.session() as session:
