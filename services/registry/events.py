@@ -1,6 +1,7 @@
 """The registry's events (through the outbox) and the directory it keeps in a JetStream key-value bucket.
 
-Every change goes out as ParticipantChanged, FacilityChanged, CooperationLinked or CredentialRevoked on
+Every change goes out as ParticipantChanged, FacilityChanged, CooperationLinked, CredentialIssued or
+CredentialRevoked on
 greenmesh.<province>.registry.v1.<event>. The registry consumes its own participant and facility events
 to keep the compact directory (`GREENMESH_<province>_DIRECTORY`) that other services read instead of
 calling the registry; an entry is only replaced by a newer version, so redeliveries never roll it back.
@@ -64,6 +65,11 @@ def facility_changed(session: AsyncSession, settings: MeshSettings, change: str,
 def cooperation_linked(session: AsyncSession, settings: MeshSettings, cooperation: pb.Cooperation) -> None:
     metadata = _metadata(settings, pb.CooperationLinked)
     _append(session, settings, pb.CooperationLinked(metadata=metadata, cooperation=cooperation), metadata)
+
+
+def credential_issued(session: AsyncSession, settings: MeshSettings, credential: pb.Credential) -> None:
+    metadata = _metadata(settings, pb.CredentialIssued)
+    _append(session, settings, pb.CredentialIssued(metadata=metadata, credential=credential), metadata)
 
 
 def credential_revoked(session: AsyncSession, settings: MeshSettings, credential: pb.Credential) -> None:

@@ -676,6 +676,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 created_at=utcnow(),
             )
             session.add(row)
+            events.credential_issued(session, self.settings, credential_message(row))
+        self.runtime.relay.notify()
         return pb.IssueCredentialResponse(credential=credential_message(row), api_key=f"{key_id}.{secret}")
 
     async def ListCredentials(self, request: pb.ListCredentialsRequest, context: Context) -> pb.ListCredentialsResponse:

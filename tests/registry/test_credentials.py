@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from sqlmodel import col, select
 
 from greenmesh.registry.v1 import registry_pb2 as pb
 from meshkit.errors import error_reason
+from meshkit.tables import OutboxEvent
 from services.registry.tables import CredentialRow
 from tests.registry.conftest import GUANGDONG_REGULATOR, JIANGSU_REGULATOR, Registry, as_participant
 
@@ -22,6 +24,12 @@ async def test_issue_verify_list_revoke(registry: Registry) -> None:
     async with registry.runtime.database.session() as session:
         stored = await session.get(CredentialRow, key_id)
     assert stored is not None and secret not in stored.secret_hash and stored.secret_hash != secret
+    async with registry.runtime.database.session() as session:
+        events = (
+            await session.exec(select(OutboxEvent).where(col(OutboxEvent.event_type).endswith("CredentialIssued")))
+        ).all()
+    assert len(events) == 1
+    assert secret.encode() not in events[0].payload and stored.secret_hash.encode() not in events[0].payload
 
     verified = await registry.call("VerifyCredential", pb.VerifyCredentialRequest(api_key=issued.api_key))
     assert verified.participant.participant_id == participant.participant_id

@@ -1740,6 +1740,32 @@ class CooperationLinked(_message.Message):
 Global___CooperationLinked: _TypeAlias = CooperationLinked  # noqa: Y015
 
 @_typing.final
+class CredentialIssued(_message.Message):
+    """Never carries the secret or its hash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metadata(self) -> _event_pb2.EventMetadata: ...
+    @_builtins.property
+    def credential(self) -> Global___Credential: ...
+    def __init__(
+        self,
+        *,
+        metadata: _event_pb2.EventMetadata | None = ...,
+        credential: Global___Credential | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CredentialIssued: _TypeAlias = CredentialIssued  # noqa: Y015
+
+@_typing.final
 class CredentialRevoked(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
