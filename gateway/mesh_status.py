@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,12 +26,14 @@ class ServiceChannels:
     """One long-lived channel per backend service (channels reconnect by themselves)."""
 
     settings: MeshSettings
+    # Client interceptors (tracing) applied to every channel, so calls continue the caller's trace.
+    interceptors: list[Any] = field(default_factory=list)
     channels: dict[Component, grpc.aio.Channel] = field(default_factory=dict)
 
     def channel(self, component: Component) -> grpc.aio.Channel:
         if component not in self.channels:
             self.channels[component] = grpc.aio.insecure_channel(
-                self.settings.service_addr(component), options=CHANNEL_OPTIONS
+                self.settings.service_addr(component), options=CHANNEL_OPTIONS, interceptors=self.interceptors
             )
         return self.channels[component]
 

@@ -13,6 +13,7 @@ from gateway.mesh_status import MeshStatusServicer, ServiceChannels, mesh_status
 from greenmesh.mesh.v1 import status_pb2, status_pb2_grpc
 from meshkit.config import Component
 from meshkit.server import ServiceDefinition, ServiceRuntime
+from meshkit.telemetry import client_interceptors
 
 
 def _status_source(runtime: ServiceRuntime, channels: ServiceChannels):  # type: ignore[no-untyped-def]
@@ -24,7 +25,7 @@ def _status_source(runtime: ServiceRuntime, channels: ServiceChannels):  # type:
 
 
 def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> Sequence[str]:
-    channels = ServiceChannels(runtime.settings)
+    channels = ServiceChannels(runtime.settings, interceptors=client_interceptors(runtime.telemetry))
     runtime.state["channels"] = channels
     status_pb2_grpc.add_MeshStatusServiceServicer_to_server(
         MeshStatusServicer(_status_source(runtime, channels)), server

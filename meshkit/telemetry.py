@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -98,6 +99,17 @@ def instrument_engine(engine: AsyncEngine, telemetry: Telemetry) -> None:
     counter = get_meter("meshkit.db").create_up_down_counter("db.client.connections.usage")
     EngineTracer(  # type: ignore[no-untyped-call]
         telemetry.tracer("opentelemetry.instrumentation.sqlalchemy"), engine.sync_engine, counter
+    )
+
+
+def client_interceptors(telemetry: Telemetry) -> list[Any]:
+    """gRPC client interceptors that start CLIENT spans and inject `traceparent` (health checks excluded)."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
+
+    return list(
+        aio_client_interceptors(  # type: ignore[no-untyped-call]
+            tracer_provider=telemetry.provider, filter_=filters.negate(filters.health_check())
+        )
     )
 
 

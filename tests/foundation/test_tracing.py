@@ -119,3 +119,27 @@ async def test_link_only_mode_starts_a_new_trace_linked_to_the_producer(
     assert consumer.parent is None
     assert producer.context is not None
     assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+
+
+async def test_client_interceptors_continue_the_trace_into_the_service(
+    nats_server: NatsServer, make_runtime: RuntimeFactory
+) -> None:
+    """What the gateway's channels use: the service's SERVER span is a child of the caller's CLIENT span."""
+    from meshkit.telemetry import client_interceptors, setup_telemetry
+
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    registry = await make_runtime(REGISTRY, nats_url=nats_server.url, span_processors=[processor])
+    await wait_health(registry, SERVING)
+    caller = setup_telemetry("gateway", province="32", data_dir=registry.settings.data_dir, processors=[processor])
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{registry.port}", interceptors=client_interceptors(caller)
+    ) as channel:
+        await probe_pb2_grpc.MeshProbeServiceStub(channel).GetProbe(probe_pb2.GetProbeRequest(probe_id="x"), timeout=5)
+    spans = exporter.get_finished_spans()
+    client = next(s for s in spans if s.kind is SpanKind.CLIENT and s.resource.attributes["service.name"] == "gateway")
+    server = next(s for s in spans if s.kind is SpanKind.SERVER and s.name.endswith("/GetProbe"))
+    assert client.context is not None and server.parent is not None
+    assert hex_trace(server) == hex_trace(client)
+    assert server.parent.span_id == client.context.span_id
+    caller.shutdown()
