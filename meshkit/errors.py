@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,19 @@ def _is_abort(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AbortError)
 
 
+@asynccontextmanager
+async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], method: str) -> AsyncIterator[None]:
+    """DomainError -> its rich status; any other exception -> INTERNAL with only the trace id."""
+    try:
+        yield
+    except DomainError as error:
+        await abort_with(context, error)
+    except Exception as error:
+        if _is_abort(error):
+            raise
+        await abort_internal(context, method, error)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns DomainError into rich statuses and any other exception into a non-leaking INTERNAL."""
 
@@ -176,61 +190,41 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        behaviour: Any
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def call_once(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
+                async with mapped_errors(context, method):
                     return await inner(request, context)
-                except DomainError as error:
-                    await abort_with(context, error)
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    await abort_internal(context, method, error)
 
+            behaviour = call_once
             factory = (
                 grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             )
-            return factory(
-                call_once,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_stream = handler.unary_stream or handler.stream_stream
-        stream_factory = (
-            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-        )
-        if inspect.isasyncgenfunction(inner_stream) or inspect.isasyncgenfunction(
-            getattr(inner_stream, "__func__", None)
-        ):
-
-            async def call_generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except DomainError as error:
-                    await abort_with(context, error)
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    await abort_internal(context, method, error)
-
-            behaviour: Any = call_generator
         else:
-            # A streaming handler written as a coroutine that calls context.write() (e.g. health Watch).
-            async def call_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                try:
-                    await inner_stream(request, context)
-                except DomainError as error:
-                    await abort_with(context, error)
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    await abort_internal(context, method, error)
+            inner = handler.unary_stream or handler.stream_stream
+            factory = (
+                grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+            )
+            if inspect.isasyncgenfunction(inner) or inspect.isasyncgenfunction(getattr(inner, "__func__", None)):
 
-            behaviour = call_writer
-        return stream_factory(
+                async def call_generator(
+                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                ) -> AsyncIterator[Any]:
+                    async with mapped_errors(context, method):
+                        async for item in inner(request, context):
+                            yield item
+
+                behaviour = call_generator
+            else:
+                # A streaming handler written as a coroutine that calls context.write() (e.g. health Watch).
+                async def call_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                    async with mapped_errors(context, method):
+                        await inner(request, context)
+
+                behaviour = call_writer
+        return factory(
             behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

@@ -13,14 +13,21 @@ from typing import TYPE_CHECKING
 from greenmesh.registry.v1 import registry_pb2 as pb
 from meshkit.caller import Caller
 from meshkit.errors import DomainError, FieldViolation
-from meshkit.ids import is_uuid, new_id
+from meshkit.ids import is_uuid
 from meshkit.tables import utcnow
 from services.registry import events, store
 from services.registry.domain import rules
 from services.registry.domain.credit_code import normalise_credit_code
 from services.registry.domain.divisions import DivisionTable
-from services.registry.mapping import FACILITY_DATA_COLUMNS, facility_data, facility_message
-from services.registry.tables import FacilityRow, ParticipantRow
+from services.registry.mapping import (
+    FACILITY_DATA_COLUMNS,
+    enum_violations,
+    facility_data,
+    facility_fields,
+    facility_message,
+    new_facility_row,
+)
+from services.registry.tables import ParticipantRow
 
 if TYPE_CHECKING:
     from meshkit.server import ServiceRuntime
@@ -50,8 +57,6 @@ class ImportBatch:
     async def add(self, row: pb.ImportFacilitiesRequest) -> None:
         self.received += 1
         number = row.row_number or self.received
-        from services.registry.servicer import enum_violations, facility_fields  # the servicer's own mapping
-
         fields = facility_fields(row.facility)
         violations = rules.facility_violations(fields, self.divisions)
         violations += enum_violations("facility.recycling_modes", list(fields.recycling_modes))
@@ -104,19 +109,7 @@ class ImportBatch:
                 data = facility_data(row.facility)
                 current = existing.get(key)
                 if current is None:
-                    new = FacilityRow(
-                        facility_id=new_id(),
-                        operator_id=operator_id,
-                        operator_facility_code=key[1],
-                        accreditation_status="DRAFT",
-                        accreditation_changed_by=self.caller.participant_id or "",
-                        accreditation_reason="imported",
-                        accreditation_changed_at=now,
-                        version=1,
-                        created_at=now,
-                        updated_at=now,
-                        **data,  # type: ignore[arg-type]
-                    )
+                    new = new_facility_row(operator_id, row.facility, self.caller.participant_id or "", "imported")
                     session.add(new)
                     existing[key] = new
                     events.facility_changed(session, settings, "registered", facility_message(new))

@@ -10,6 +10,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from greenmesh.registry.v1 import registry_pb2 as pb
+from meshkit.errors import FieldViolation
+from meshkit.ids import new_id
+from meshkit.tables import utcnow
+from services.registry.domain import rules
 from services.registry.tables import CooperationRow, CredentialRow, FacilityRow, ParticipantRow, StatusChangeRow
 
 
@@ -208,3 +212,57 @@ def credential_message(row: CredentialRow) -> pb.Credential:
 
 def same_message(a: Message, b: Message) -> bool:
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+# ---- proto -> the domain's field sets and new rows --------------------------------------------------
+
+
+def participant_fields(participant: pb.Participant) -> rules.ParticipantFields:
+    return rules.ParticipantFields(
+        credit_code=participant.credit_code,
+        legal_name=participant.legal_name,
+        short_name=participant.short_name,
+        roles=[role_name(r) or f"#{r}" for r in participant.roles],
+        supervised_division_code=participant.supervised_division_code.strip(),
+        contact_phone=participant.contact_phone.strip(),
+    )
+
+
+def facility_fields(facility: pb.Facility) -> rules.FacilityFields:
+    return rules.FacilityFields(
+        name=facility.name,
+        facility_type=facility_type_name(facility.facility_type),
+        operator_facility_code=facility.operator_facility_code,
+        county_code=facility.county_code.strip(),
+        latitude=facility.location.latitude,
+        longitude=facility.location.longitude,
+        address=facility.address,
+        opening_hours=facility.opening_hours,
+        phone=facility.phone.strip(),
+        recycling_modes=[mode_name(m) or f"#{m}" for m in facility.recycling_modes],
+        max_stock_kg=facility.storage_limits.max_stock_kg,
+        max_stock_units=facility.storage_limits.max_stock_units,
+        max_dwell_days=facility.storage_limits.max_dwell_days,
+    )
+
+
+def enum_violations(field: str, names: list[str]) -> list[FieldViolation]:
+    return [FieldViolation(field, f"unknown value {name[1:]}") for name in names if name.startswith("#")]
+
+
+def new_facility_row(operator_id: str, facility: pb.Facility, changed_by: str, reason: str) -> FacilityRow:
+    """A new facility, in DRAFT, from the operator-provided fields of a message."""
+    now = utcnow()
+    return FacilityRow(
+        facility_id=new_id(),
+        operator_id=operator_id,
+        operator_facility_code=facility.operator_facility_code.strip(),
+        accreditation_status="DRAFT",
+        accreditation_changed_by=changed_by,
+        accreditation_reason=reason,
+        accreditation_changed_at=now,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        **facility_data(facility),  # type: ignore[arg-type]
+    )

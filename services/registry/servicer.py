@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from greenmesh.registry.v1 import registry_pb2 as pb
 from greenmesh.registry.v1 import registry_pb2_grpc
-from meshkit.caller import Caller, caller_of, require_any_role, require_authenticated
+from meshkit.caller import caller_of, require_any_role, require_authenticated
 from meshkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -41,11 +41,15 @@ from services.registry.mapping import (
     cooperation_message,
     credential_message,
     enum_name,
+    enum_violations,
     facility_data,
+    facility_fields,
     facility_message,
     facility_type_name,
     from_timestamp,
     mode_name,
+    new_facility_row,
+    participant_fields,
     participant_message,
     qualifications_to_json,
     role_name,
@@ -91,37 +95,13 @@ def require_id(field: str, value: str) -> str:
     return value
 
 
-def participant_fields(participant: pb.Participant) -> rules.ParticipantFields:
-    return rules.ParticipantFields(
-        credit_code=participant.credit_code,
-        legal_name=participant.legal_name,
-        short_name=participant.short_name,
-        roles=[role_name(r) or f"#{r}" for r in participant.roles],
-        supervised_division_code=participant.supervised_division_code.strip(),
-        contact_phone=participant.contact_phone.strip(),
-    )
-
-
-def facility_fields(facility: pb.Facility) -> rules.FacilityFields:
-    return rules.FacilityFields(
-        name=facility.name,
-        facility_type=facility_type_name(facility.facility_type),
-        operator_facility_code=facility.operator_facility_code,
-        county_code=facility.county_code.strip(),
-        latitude=facility.location.latitude,
-        longitude=facility.location.longitude,
-        address=facility.address,
-        opening_hours=facility.opening_hours,
-        phone=facility.phone.strip(),
-        recycling_modes=[mode_name(m) or f"#{m}" for m in facility.recycling_modes],
-        max_stock_kg=facility.storage_limits.max_stock_kg,
-        max_stock_units=facility.storage_limits.max_stock_units,
-        max_dwell_days=facility.storage_limits.max_dwell_days,
-    )
-
-
-def enum_violations(field: str, names: list[str]) -> list[FieldViolation]:
-    return [FieldViolation(field, f"unknown value {name[1:]}") for name in names if name.startswith("#")]
+def require_status_and_reason(target: str, reason: str) -> None:
+    """Status and accreditation changes name a known target and say why."""
+    violations = rules.text_violations("reason", reason, required=True, limit=500)
+    if not target:
+        violations.append(FieldViolation("status", "required"))
+    if violations:
+        raise InvalidArgument(violations)
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -293,11 +273,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         require_authenticated(caller)
         participant_id = require_id("participant_id", request.participant_id)
         target = status_name(request.status)
-        violations = rules.text_violations("reason", request.reason, required=True, limit=500)
-        if not target:
-            violations.append(FieldViolation("status", "required"))
-        if violations:
-            raise InvalidArgument(violations)
+        require_status_and_reason(target, request.reason)
         async with self._transaction() as session:
             row = await store.get_participant(session, participant_id)
             rules.authorise_participant_admin(caller, row.registration_division_code, "changing a participant's status")
@@ -409,29 +385,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             key = (operator.participant_id, fields.operator_facility_code.strip())
             if key in await store.facilities_by_codes(session, [key]):
                 raise AlreadyExists("facility", f"{key[1]} of operator {key[0]}")
-            row = self._new_facility_row(operator.participant_id, incoming, caller)
+            row = new_facility_row(operator.participant_id, incoming, caller.participant_id or "", "registered")
             session.add(row)
             await session.flush()
             message = facility_message(row)
             events.facility_changed(session, self.settings, "registered", message)
         self.runtime.relay.notify()
         return pb.RegisterFacilityResponse(facility=message)
-
-    def _new_facility_row(self, operator_id: str, facility: pb.Facility, caller: Caller) -> FacilityRow:
-        now = utcnow()
-        return FacilityRow(
-            facility_id=new_id(),
-            operator_id=operator_id,
-            operator_facility_code=facility.operator_facility_code.strip(),
-            accreditation_status="DRAFT",
-            accreditation_changed_by=caller.participant_id or "",
-            accreditation_reason="registered",
-            accreditation_changed_at=now,
-            version=1,
-            created_at=now,
-            updated_at=now,
-            **facility_data(facility),  # type: ignore[arg-type]
-        )
 
     async def GetFacility(self, request: pb.GetFacilityRequest, context: Context) -> pb.GetFacilityResponse:
         require_authenticated(caller_of(context))
@@ -511,11 +471,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         require_authenticated(caller)
         facility_id = require_id("facility_id", request.facility_id)
         target = accreditation_name(request.status)
-        violations = rules.text_violations("reason", request.reason, required=True, limit=500)
-        if not target:
-            violations.append(FieldViolation("status", "required"))
-        if violations:
-            raise InvalidArgument(violations)
+        require_status_and_reason(target, request.reason)
         async with self._transaction() as session:
             row = await store.get_facility(session, facility_id)
             rules.authorise_accreditation(caller, row.operator_id, row.county_code, row.accreditation_status, target)
