@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from greenmesh_cli.registry_import import IMPORT_HELP, LOCAL_OPERATOR_ID
 from meshkit.config import SERVICES, Component, load_settings
 
 app = typer.Typer(
@@ -148,3 +150,26 @@ def traces(
         console.print(f"{len(matches)} traces match {trace_id!r}")
         raise typer.Exit(1)
     console.print(trace_tree(matches[0]))
+
+
+registry_app = typer.Typer(help="The registry: participants and facilities.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("import", help=IMPORT_HELP)
+def registry_import(
+    file: Annotated[Path, typer.Argument(help="the CSV file (UTF-8, header row first)", show_default=False)],
+    registry: Annotated[
+        str | None, typer.Option(help="host:port of the registry; default: the running mesh, else the configuration")
+    ] = None,
+    as_participant: Annotated[
+        str, typer.Option(help="participant id of the local platform operator the CLI acts as")
+    ] = LOCAL_OPERATOR_ID,
+    errors_csv: Annotated[
+        Path | None, typer.Option(help="write every rejected row (row, field, description) to this CSV")
+    ] = None,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the registry to answer")] = 5.0,
+) -> None:
+    from greenmesh_cli.registry_import import run_import_command
+
+    raise typer.Exit(run_import_command(file, registry, as_participant, errors_csv, connect_timeout, console))

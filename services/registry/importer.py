@@ -64,6 +64,12 @@ class ImportBatch:
             violations.append(FieldViolation("operator_credit_code", "the operator's credit code or id is required"))
         elif row.facility.operator_id and not is_uuid(row.facility.operator_id):
             violations.append(FieldViolation("facility.operator_id", "must be a participant id"))
+        elif not row.facility.operator_id:
+            # A malformed code gets the checksum's reason, not a fruitless lookup's "no participant".
+            violations += rules.credit_code_violations(
+                "operator_credit_code", normalise_credit_code(row.operator_credit_code)
+            )
+        row.row_number = number
         if violations:
             self._reject(number, violations[0].field, "; ".join(f"{v.field}: {v.description}" for v in violations))
             return
@@ -81,7 +87,7 @@ class ImportBatch:
             by_code = await store.participants_by_codes(session, codes)
             resolved: list[tuple[pb.ImportFacilitiesRequest, str]] = []
             for row in rows:
-                number = row.row_number
+                number = row.row_number  # add() filled it in when the client sent none
                 if row.facility.operator_id:
                     operator = await session.get(ParticipantRow, row.facility.operator_id)
                 else:
