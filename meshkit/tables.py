@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, LargeBinary, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -20,6 +20,15 @@ class OutboxEvent(SQLModel, table=True):
     """An event written in the same transaction as the change it records; the relay publishes it."""
 
     __tablename__ = "outbox_event"
+    # The relay looks only at unpublished rows; a partial index keeps that lookup small.
+    __table_args__ = (
+        Index(
+            "ix_outbox_event_unpublished",
+            "seq",
+            postgresql_where=text("published_at IS NULL"),
+            sqlite_where=text("published_at IS NULL"),
+        ),
+    )
 
     seq: int | None = Field(
         default=None,

@@ -243,6 +243,7 @@ def facility_fields(facility: pb.Facility) -> rules.FacilityFields:
         max_stock_kg=facility.storage_limits.max_stock_kg,
         max_stock_units=facility.storage_limits.max_stock_units,
         max_dwell_days=facility.storage_limits.max_dwell_days,
+        fire_class=facility.safety.fire_class.strip(),
     )
 
 

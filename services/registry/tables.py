@@ -61,6 +61,8 @@ class FacilityRow(SQLModel, table=True):
         UniqueConstraint("operator_id", "operator_facility_code", name="uq_facility_operator_code"),
         # The nearest-outlet query: listed sites of some types inside a lat/lon box.
         Index("ix_facility_listed_geo", "accreditation_status", "latitude", "longitude"),
+        # County coverage: distinct counties of listed sites per type (migration registry_0002).
+        Index("ix_facility_coverage", "accreditation_status", "facility_type", "county_code"),
     )
 
     facility_id: str = Field(primary_key=True, max_length=36)

@@ -86,6 +86,14 @@ async def test_a_storage_site_needs_its_limits_and_duplicates_are_refused(regist
     )
     assert [v.field for v in field_violations(error)] == ["facility.storage_limits.max_dwell_days"]
     message.storage_limits.max_dwell_days = 15
+    message.safety.fire_class = "B" * 11  # longer than the column: a field violation, never INTERNAL on PostgreSQL
+    before = await rows(registry)
+    error = await rejected(
+        registry, "RegisterFacility", pb.RegisterFacilityRequest(facility=message), as_participant(operator)
+    )
+    assert [v.field for v in field_violations(error)] == ["facility.safety.fire_class"]
+    assert await rows(registry) == before
+    message.safety.fire_class = "丙"
     await registry.call("RegisterFacility", pb.RegisterFacilityRequest(facility=message), as_participant(operator))
     again = await rejected(
         registry, "RegisterFacility", pb.RegisterFacilityRequest(facility=message), as_participant(operator)

@@ -45,6 +45,10 @@ STORAGE_TYPES: Final = frozenset(
 PUBLIC_OUTLET_TYPES: Final = ("RECYCLING_OUTLET", "COOP_STATION", "TEMP_STORAGE_POINT")
 
 
+# GB 50016 fire hazard classes are short labels (甲/乙/丙…, A to E, "B-1"); the column is VARCHAR(10).
+MAX_FIRE_CLASS: Final = 10
+
+
 def text_violations(field: str, value: str, *, required: bool, limit: int) -> list[FieldViolation]:
     if not value.strip():
         return [FieldViolation(field, "required")] if required else []
@@ -128,6 +132,7 @@ class FacilityFields:
     max_stock_kg: float
     max_stock_units: int
     max_dwell_days: int
+    fire_class: str = ""
 
 
 def facility_violations(fields: FacilityFields, table: DivisionTable, prefix: str = "facility") -> list[FieldViolation]:
@@ -139,6 +144,7 @@ def facility_violations(fields: FacilityFields, table: DivisionTable, prefix: st
     found += text_violations(f"{prefix}.address", fields.address, required=False, limit=MAX_ADDRESS)
     found += text_violations(f"{prefix}.opening_hours", fields.opening_hours, required=False, limit=MAX_SHORT_TEXT)
     found += phone_violations(f"{prefix}.phone", fields.phone)
+    found += text_violations(f"{prefix}.safety.fire_class", fields.fire_class, required=False, limit=MAX_FIRE_CLASS)
     if len(set(fields.recycling_modes)) != len(fields.recycling_modes):
         found.append(FieldViolation(f"{prefix}.recycling_modes", "each mode at most once"))
     for name, value in (
