@@ -194,6 +194,50 @@ HEALTH_VERDICT_CONTINUE_USE: HealthVerdict.ValueType  # 1
 HEALTH_VERDICT_RECOMMEND_SCRAP: HealthVerdict.ValueType  # 2
 Global___HealthVerdict: _TypeAlias = HealthVerdict  # noqa: Y015
 
+class _Disposition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DispositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Disposition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPOSITION_UNSPECIFIED: _Disposition.ValueType  # 0
+    DISPOSITION_ACTIVE: _Disposition.ValueType  # 1
+    DISPOSITION_IN_TRANSIT: _Disposition.ValueType  # 2
+    DISPOSITION_SELLABLE: _Disposition.ValueType  # 3
+    DISPOSITION_RETAIL_SOLD: _Disposition.ValueType  # 4
+    DISPOSITION_IN_USE: _Disposition.ValueType  # 5
+    DISPOSITION_RETURNED: _Disposition.ValueType  # 6
+    DISPOSITION_WASTE: _Disposition.ValueType  # 7
+    DISPOSITION_IN_STORAGE: _Disposition.ValueType  # 8
+    DISPOSITION_DAMAGED: _Disposition.ValueType  # 9
+    DISPOSITION_NON_CONFORMANT: _Disposition.ValueType  # 10
+    DISPOSITION_RECALLED: _Disposition.ValueType  # 11
+    DISPOSITION_STOLEN: _Disposition.ValueType  # 12
+    DISPOSITION_DESTROYED: _Disposition.ValueType  # 13
+    DISPOSITION_DISMANTLED: _Disposition.ValueType  # 14
+    DISPOSITION_RECYCLED: _Disposition.ValueType  # 15
+
+class Disposition(_Disposition, metaclass=_DispositionEnumTypeWrapper):
+    """CBV-style dispositions; WASTE (报废) marks a battery as waste from this event on."""
+
+DISPOSITION_UNSPECIFIED: Disposition.ValueType  # 0
+DISPOSITION_ACTIVE: Disposition.ValueType  # 1
+DISPOSITION_IN_TRANSIT: Disposition.ValueType  # 2
+DISPOSITION_SELLABLE: Disposition.ValueType  # 3
+DISPOSITION_RETAIL_SOLD: Disposition.ValueType  # 4
+DISPOSITION_IN_USE: Disposition.ValueType  # 5
+DISPOSITION_RETURNED: Disposition.ValueType  # 6
+DISPOSITION_WASTE: Disposition.ValueType  # 7
+DISPOSITION_IN_STORAGE: Disposition.ValueType  # 8
+DISPOSITION_DAMAGED: Disposition.ValueType  # 9
+DISPOSITION_NON_CONFORMANT: Disposition.ValueType  # 10
+DISPOSITION_RECALLED: Disposition.ValueType  # 11
+DISPOSITION_STOLEN: Disposition.ValueType  # 12
+DISPOSITION_DESTROYED: Disposition.ValueType  # 13
+DISPOSITION_DISMANTLED: Disposition.ValueType  # 14
+DISPOSITION_RECYCLED: Disposition.ValueType  # 15
+Global___Disposition: _TypeAlias = Disposition  # noqa: Y015
+
 class _ErrorBehaviour:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -379,6 +423,27 @@ ALERT_STATUS_ACKNOWLEDGED: AlertStatus.ValueType  # 2
 ALERT_STATUS_RESOLVED: AlertStatus.ValueType  # 3
 Global___AlertStatus: _TypeAlias = AlertStatus  # noqa: Y015
 
+class _RuleDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RuleDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RULE_DECISION_UNSPECIFIED: _RuleDecision.ValueType  # 0
+    RULE_DECISION_QUARANTINE: _RuleDecision.ValueType  # 1
+    """Stored; the batteries concerned are quarantined for review."""
+    RULE_DECISION_REJECT: _RuleDecision.ValueType  # 2
+    """Not stored: the reporter corrects and resubmits."""
+
+class RuleDecision(_RuleDecision, metaclass=_RuleDecisionEnumTypeWrapper): ...
+
+RULE_DECISION_UNSPECIFIED: RuleDecision.ValueType  # 0
+RULE_DECISION_QUARANTINE: RuleDecision.ValueType  # 1
+"""Stored; the batteries concerned are quarantined for review."""
+RULE_DECISION_REJECT: RuleDecision.ValueType  # 2
+"""Not stored: the reporter corrects and resubmits."""
+Global___RuleDecision: _TypeAlias = RuleDecision  # noqa: Y015
+
 @_typing.final
 class BatteryRef(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -525,6 +590,40 @@ class Measurement(_message.Message):
 Global___Measurement: _TypeAlias = Measurement  # noqa: Y015
 
 @_typing.final
+class ErrorDeclaration(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECLARATION_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CORRECTIVE_EVENT_IDS_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    DECLARED_BY_FIELD_NUMBER: _builtins.int
+    reason: Global___ErrorReason.ValueType
+    explanation: _builtins.str
+    declared_by: _builtins.str
+    """The participant that declared it."""
+    @_builtins.property
+    def declaration_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def corrective_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        declaration_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: Global___ErrorReason.ValueType = ...,
+        corrective_event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        explanation: _builtins.str = ...,
+        declared_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["declaration_time", b"declaration_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrective_event_ids", b"corrective_event_ids", "declaration_time", b"declaration_time", "declared_by", b"declared_by", "explanation", b"explanation", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorDeclaration: _TypeAlias = ErrorDeclaration  # noqa: Y015
+
+@_typing.final
 class HealthAssessment(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -572,6 +671,14 @@ class FlowEvent(_message.Message):
     REPORTER_ID_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
     PRODUCTION_DATE_FIELD_NUMBER: _builtins.int
+    DISPOSITION_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    SOURCE_OWNER_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_OWNER_ID_FIELD_NUMBER: _builtins.int
+    ERROR_DECLARATION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RULE_HITS_FIELD_NUMBER: _builtins.int
+    COUNTY_CODE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Client-supplied UUID: the idempotency key."""
     event_hash: _builtins.str
@@ -588,6 +695,14 @@ class FlowEvent(_message.Message):
     """Output only: the participant that reported it (from the caller's identity)."""
     model_id: _builtins.str
     """For COMMISSIONING: the battery model and production date."""
+    disposition: Global___Disposition.ValueType
+    source_owner_id: _builtins.str
+    """The owning parties of source and destination (EPCIS owning_party), when they differ from the operators."""
+    destination_owner_id: _builtins.str
+    outcome: Global___EventOutcome.ValueType
+    """Output only: how the platform took the event, and the rule hits it earned."""
+    county_code: _builtins.str
+    """Output only: the county (GB/T 2260) of the facility, from the registry directory at capture."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened, and the reporter's UTC offset such as "+08:00"."""
@@ -606,6 +721,16 @@ class FlowEvent(_message.Message):
     def health_assessment(self) -> Global___HealthAssessment: ...
     @_builtins.property
     def production_date(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantityElement]:
+        """Materials out of DISMANTLING or RECYCLING (EPCIS outputQuantityList), e.g. "black_mass" in kilograms."""
+
+    @_builtins.property
+    def error_declaration(self) -> Global___ErrorDeclaration:
+        """Output only: set once the event has been declared in error."""
+
+    @_builtins.property
+    def rule_hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleHit]: ...
     def __init__(
         self,
         *,
@@ -626,10 +751,18 @@ class FlowEvent(_message.Message):
         reporter_id: _builtins.str = ...,
         model_id: _builtins.str = ...,
         production_date: _timestamp_pb2.Timestamp | None = ...,
+        disposition: Global___Disposition.ValueType = ...,
+        outputs: _abc.Iterable[Global___QuantityElement] | None = ...,
+        source_owner_id: _builtins.str = ...,
+        destination_owner_id: _builtins.str = ...,
+        error_declaration: Global___ErrorDeclaration | None = ...,
+        outcome: Global___EventOutcome.ValueType = ...,
+        rule_hits: _abc.Iterable[Global___RuleHit] | None = ...,
+        county_code: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "health_assessment", b"health_assessment", "production_date", b"production_date", "record_time", b"record_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error_declaration", b"error_declaration", "event_time", b"event_time", "health_assessment", b"health_assessment", "production_date", b"production_date", "record_time", b"record_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batteries", b"batteries", "biz_step", b"biz_step", "business_transactions", b"business_transactions", "collection_mode", b"collection_mode", "destination_facility_id", b"destination_facility_id", "event_hash", b"event_hash", "event_id", b"event_id", "event_time", b"event_time", "event_time_zone_offset", b"event_time_zone_offset", "facility_id", b"facility_id", "health_assessment", b"health_assessment", "model_id", b"model_id", "production_date", b"production_date", "quantities", b"quantities", "record_time", b"record_time", "reporter_id", b"reporter_id", "source_facility_id", b"source_facility_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batteries", b"batteries", "biz_step", b"biz_step", "business_transactions", b"business_transactions", "collection_mode", b"collection_mode", "county_code", b"county_code", "destination_facility_id", b"destination_facility_id", "destination_owner_id", b"destination_owner_id", "disposition", b"disposition", "error_declaration", b"error_declaration", "event_hash", b"event_hash", "event_id", b"event_id", "event_time", b"event_time", "event_time_zone_offset", b"event_time_zone_offset", "facility_id", b"facility_id", "health_assessment", b"health_assessment", "model_id", b"model_id", "outcome", b"outcome", "outputs", b"outputs", "production_date", b"production_date", "quantities", b"quantities", "record_time", b"record_time", "reporter_id", b"reporter_id", "rule_hits", b"rule_hits", "source_facility_id", b"source_facility_id", "source_owner_id", b"source_owner_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -976,6 +1109,9 @@ class BatteryState(_message.Message):
     MODEL_ID_FIELD_NUMBER: _builtins.int
     PRODUCER_ID_FIELD_NUMBER: _builtins.int
     LAST_EVENT_TIME_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    QUARANTINE_RULE_IDS_FIELD_NUMBER: _builtins.int
+    REACHED_COMPLIANT_CHANNEL_FIELD_NUMBER: _builtins.int
     state: Global___CustodyState.ValueType
     holder_id: _builtins.str
     """Who holds it now (participant and facility ids); empty while in use by a consumer."""
@@ -983,10 +1119,17 @@ class BatteryState(_message.Message):
     waste: _builtins.bool
     model_id: _builtins.str
     producer_id: _builtins.str
+    phase: Global___CustodyState.ValueType
+    """Where it is by its events, also while QUARANTINED."""
+    reached_compliant_channel: _builtins.bool
     @_builtins.property
     def battery(self) -> Global___BatteryRef: ...
     @_builtins.property
     def last_event_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def quarantine_rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The open quarantine causes (rule ids)."""
+
     def __init__(
         self,
         *,
@@ -998,10 +1141,13 @@ class BatteryState(_message.Message):
         model_id: _builtins.str = ...,
         producer_id: _builtins.str = ...,
         last_event_time: _timestamp_pb2.Timestamp | None = ...,
+        phase: Global___CustodyState.ValueType = ...,
+        quarantine_rule_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reached_compliant_channel: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["battery", b"battery", "last_event_time", b"last_event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery", b"battery", "holder_facility_id", b"holder_facility_id", "holder_id", b"holder_id", "last_event_time", b"last_event_time", "model_id", b"model_id", "producer_id", b"producer_id", "state", b"state", "waste", b"waste"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery", b"battery", "holder_facility_id", b"holder_facility_id", "holder_id", b"holder_id", "last_event_time", b"last_event_time", "model_id", b"model_id", "phase", b"phase", "producer_id", b"producer_id", "quarantine_rule_ids", b"quarantine_rule_ids", "reached_compliant_channel", b"reached_compliant_channel", "state", b"state", "waste", b"waste"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1331,6 +1477,155 @@ class Alert(_message.Message):
 Global___Alert: _TypeAlias = Alert  # noqa: Y015
 
 @_typing.final
+class IssuePlatformCodesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """1 to 1,000 codes."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuePlatformCodesRequest: _TypeAlias = IssuePlatformCodesRequest  # noqa: Y015
+
+@_typing.final
+class IssuePlatformCodesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATTERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batteries(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatteryRef]: ...
+    def __init__(
+        self,
+        *,
+        batteries: _abc.Iterable[Global___BatteryRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batteries", b"batteries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuePlatformCodesResponse: _TypeAlias = IssuePlatformCodesResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseQuarantineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATTERY_REF_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    note: _builtins.str
+    @_builtins.property
+    def battery_ref(self) -> Global___BatteryRef: ...
+    def __init__(
+        self,
+        *,
+        battery_ref: Global___BatteryRef | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["battery_ref", b"battery_ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_ref", b"battery_ref", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseQuarantineRequest: _TypeAlias = ReleaseQuarantineRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseQuarantineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___BatteryState: ...
+    def __init__(
+        self,
+        *,
+        state: Global___BatteryState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseQuarantineResponse: _TypeAlias = ReleaseQuarantineResponse  # noqa: Y015
+
+@_typing.final
+class ListRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRulesRequest: _TypeAlias = ListRulesRequest  # noqa: Y015
+
+@_typing.final
+class RuleDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    RATIONALE_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    title: _builtins.str
+    severity: Global___Severity.ValueType
+    decision: Global___RuleDecision.ValueType
+    rationale: _builtins.str
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        severity: Global___Severity.ValueType = ...,
+        decision: Global___RuleDecision.ValueType = ...,
+        rationale: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "rationale", b"rationale", "rule_id", b"rule_id", "severity", b"severity", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleDescription: _TypeAlias = RuleDescription  # noqa: Y015
+
+@_typing.final
+class ListRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleDescription]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___RuleDescription] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRulesResponse: _TypeAlias = ListRulesResponse  # noqa: Y015
+
+@_typing.final
 class ListAlertsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1599,6 +1894,36 @@ class FlowEventRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FlowEventRecorded: _TypeAlias = FlowEventRecorded  # noqa: Y015
+
+@_typing.final
+class EventRejected(_message.Message):
+    """A report that was refused for a CRITICAL rule (e.g. refurbishment): not stored, but not lost either."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    RULE_HITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metadata(self) -> _event_pb2.EventMetadata: ...
+    @_builtins.property
+    def event(self) -> Global___FlowEvent: ...
+    @_builtins.property
+    def rule_hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleHit]: ...
+    def __init__(
+        self,
+        *,
+        metadata: _event_pb2.EventMetadata | None = ...,
+        event: Global___FlowEvent | None = ...,
+        rule_hits: _abc.Iterable[Global___RuleHit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "metadata", b"metadata", "rule_hits", b"rule_hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventRejected: _TypeAlias = EventRejected  # noqa: Y015
 
 @_typing.final
 class AlertRaised(_message.Message):

@@ -83,6 +83,21 @@ class FlowServiceStub:
                 request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.SubscribeEventsRequest.SerializeToString,
                 response_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.SubscribeEventsResponse.FromString,
                 _registered_method=True)
+        self.IssuePlatformCodes = channel.unary_unary(
+                '/greenmesh.flows.v1.FlowService/IssuePlatformCodes',
+                request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.IssuePlatformCodesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.IssuePlatformCodesResponse.FromString,
+                _registered_method=True)
+        self.ReleaseQuarantine = channel.unary_unary(
+                '/greenmesh.flows.v1.FlowService/ReleaseQuarantine',
+                request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ReleaseQuarantineRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ReleaseQuarantineResponse.FromString,
+                _registered_method=True)
+        self.ListRules = channel.unary_unary(
+                '/greenmesh.flows.v1.FlowService/ListRules',
+                request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
         self.ListAlerts = channel.unary_unary(
                 '/greenmesh.flows.v1.FlowService/ListAlerts',
                 request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListAlertsRequest.SerializeToString,
@@ -172,6 +187,27 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssuePlatformCodes(self, request, context):
+        """Issues platform codes for batteries with no readable code, at intake (COLLECTING or RECEIVING by the caller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseQuarantine(self, request, context):
+        """A regulator or platform operator closes a battery's quarantine after review.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRules(self, request, context):
+        """The compliance rule book: ids, severities, decisions and rationales.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAlerts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -238,6 +274,21 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.SubscribeEvents,
                     request_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.SubscribeEventsRequest.FromString,
                     response_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.SubscribeEventsResponse.SerializeToString,
+            ),
+            'IssuePlatformCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssuePlatformCodes,
+                    request_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.IssuePlatformCodesRequest.FromString,
+                    response_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.IssuePlatformCodesResponse.SerializeToString,
+            ),
+            'ReleaseQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseQuarantine,
+                    request_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ReleaseQuarantineRequest.FromString,
+                    response_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ReleaseQuarantineResponse.SerializeToString,
+            ),
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListRulesRequest.FromString,
+                    response_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListRulesResponse.SerializeToString,
             ),
             'ListAlerts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAlerts,
@@ -502,6 +553,87 @@ class FlowService:
             '/greenmesh.flows.v1.FlowService/SubscribeEvents',
             greenmesh_dot_flows_dot_v1_dot_flows__pb2.SubscribeEventsRequest.SerializeToString,
             greenmesh_dot_flows_dot_v1_dot_flows__pb2.SubscribeEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssuePlatformCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.flows.v1.FlowService/IssuePlatformCodes',
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.IssuePlatformCodesRequest.SerializeToString,
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.IssuePlatformCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.flows.v1.FlowService/ReleaseQuarantine',
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.ReleaseQuarantineRequest.SerializeToString,
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.ReleaseQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.flows.v1.FlowService/ListRules',
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListRulesRequest.SerializeToString,
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.ListRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

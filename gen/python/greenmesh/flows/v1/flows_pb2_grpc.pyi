@@ -60,6 +60,12 @@ class FlowServiceStub:
     """Events with EPCIS-style filters and page tokens."""
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_flows_pb2.SubscribeEventsRequest, _flows_pb2.SubscribeEventsResponse]
     """New events from a resume point (a stream sequence), as they are recorded."""
+    IssuePlatformCodes: _grpc.UnaryUnaryMultiCallable[_flows_pb2.IssuePlatformCodesRequest, _flows_pb2.IssuePlatformCodesResponse]
+    """Issues platform codes for batteries with no readable code, at intake (COLLECTING or RECEIVING by the caller)."""
+    ReleaseQuarantine: _grpc.UnaryUnaryMultiCallable[_flows_pb2.ReleaseQuarantineRequest, _flows_pb2.ReleaseQuarantineResponse]
+    """A regulator or platform operator closes a battery's quarantine after review."""
+    ListRules: _grpc.UnaryUnaryMultiCallable[_flows_pb2.ListRulesRequest, _flows_pb2.ListRulesResponse]
+    """The compliance rule book: ids, severities, decisions and rationales."""
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_flows_pb2.ListAlertsRequest, _flows_pb2.ListAlertsResponse]
     AcknowledgeAlert: _grpc.UnaryUnaryMultiCallable[_flows_pb2.AcknowledgeAlertRequest, _flows_pb2.AcknowledgeAlertResponse]
     GetDispatchStatistics: _grpc.UnaryUnaryMultiCallable[_flows_pb2.GetDispatchStatisticsRequest, _flows_pb2.GetDispatchStatisticsResponse]
@@ -97,6 +103,12 @@ class FlowServiceAsyncStub(FlowServiceStub):
     """Events with EPCIS-style filters and page tokens."""
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_flows_pb2.SubscribeEventsRequest, _flows_pb2.SubscribeEventsResponse]  # type: ignore[assignment]
     """New events from a resume point (a stream sequence), as they are recorded."""
+    IssuePlatformCodes: _aio.UnaryUnaryMultiCallable[_flows_pb2.IssuePlatformCodesRequest, _flows_pb2.IssuePlatformCodesResponse]  # type: ignore[assignment]
+    """Issues platform codes for batteries with no readable code, at intake (COLLECTING or RECEIVING by the caller)."""
+    ReleaseQuarantine: _aio.UnaryUnaryMultiCallable[_flows_pb2.ReleaseQuarantineRequest, _flows_pb2.ReleaseQuarantineResponse]  # type: ignore[assignment]
+    """A regulator or platform operator closes a battery's quarantine after review."""
+    ListRules: _aio.UnaryUnaryMultiCallable[_flows_pb2.ListRulesRequest, _flows_pb2.ListRulesResponse]  # type: ignore[assignment]
+    """The compliance rule book: ids, severities, decisions and rationales."""
     ListAlerts: _aio.UnaryUnaryMultiCallable[_flows_pb2.ListAlertsRequest, _flows_pb2.ListAlertsResponse]  # type: ignore[assignment]
     AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_flows_pb2.AcknowledgeAlertRequest, _flows_pb2.AcknowledgeAlertResponse]  # type: ignore[assignment]
     GetDispatchStatistics: _aio.UnaryUnaryMultiCallable[_flows_pb2.GetDispatchStatisticsRequest, _flows_pb2.GetDispatchStatisticsResponse]  # type: ignore[assignment]
@@ -185,6 +197,30 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_flows_pb2.SubscribeEventsResponse], _abc.AsyncIterator[_flows_pb2.SubscribeEventsResponse]]:
         """New events from a resume point (a stream sequence), as they are recorded."""
+
+    @_abc_1.abstractmethod
+    def IssuePlatformCodes(
+        self,
+        request: _flows_pb2.IssuePlatformCodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flows_pb2.IssuePlatformCodesResponse, _abc.Awaitable[_flows_pb2.IssuePlatformCodesResponse]]:
+        """Issues platform codes for batteries with no readable code, at intake (COLLECTING or RECEIVING by the caller)."""
+
+    @_abc_1.abstractmethod
+    def ReleaseQuarantine(
+        self,
+        request: _flows_pb2.ReleaseQuarantineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flows_pb2.ReleaseQuarantineResponse, _abc.Awaitable[_flows_pb2.ReleaseQuarantineResponse]]:
+        """A regulator or platform operator closes a battery's quarantine after review."""
+
+    @_abc_1.abstractmethod
+    def ListRules(
+        self,
+        request: _flows_pb2.ListRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flows_pb2.ListRulesResponse, _abc.Awaitable[_flows_pb2.ListRulesResponse]]:
+        """The compliance rule book: ids, severities, decisions and rationales."""
 
     @_abc_1.abstractmethod
     def ListAlerts(
