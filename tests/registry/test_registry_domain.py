@@ -620,3 +620,20 @@ def test_national_coverage(table: DivisionTable) -> None:
     assert compute_coverage(table, facilities) == result.national
     strict = national_coverage(table, facilities, levels=COUNTY_LEVELS)
     assert strict.national.total == 2844
+
+
+@pytest.mark.parametrize(
+    ("code", "known"),
+    [
+        ("320000", True),  # a province: a regulator of all Jiangsu
+        ("320100", True),  # a prefecture (Nanjing)
+        ("320102", True),  # a county-level district
+        ("990000", False),
+        ("329900", False),
+        ("32", False),
+    ],
+)
+def test_region_codes_of_every_level_are_known(code: str, known: bool, table: DivisionTable) -> None:
+    from services.registry.domain.rules import is_region_code
+
+    assert is_region_code(code, table) is known

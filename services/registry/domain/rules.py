@@ -111,7 +111,7 @@ def is_region_code(code: str, table: DivisionTable) -> bool:
     if len(code) != 6 or not code.isdigit():
         return False
     if code.endswith("0000"):
-        return any(c.province_code == code[:2] for c in table.all_counties())
+        return any(c.code.startswith(code[:2]) for c in table.all_counties())
     if code.endswith("00"):
         return any(c.code.startswith(code[:4]) for c in table.all_counties())
     return table.is_facility_division(code)
