@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from greenmesh_cli.registry_import import IMPORT_HELP, LOCAL_OPERATOR_ID
+from greenmesh_cli.report import DISPATCH_HELP
 from meshkit.config import SERVICES, Component, load_settings
 
 app = typer.Typer(
@@ -173,3 +174,39 @@ def registry_import(
     from greenmesh_cli.registry_import import run_import_command
 
     raise typer.Exit(run_import_command(file, registry, as_participant, errors_csv, connect_timeout, console))
+
+
+report_app = typer.Typer(help="Reports for regulators: the ministry's dispatch statistics.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("dispatch", help=DISPATCH_HELP)
+def report_dispatch(
+    division: Annotated[
+        str | None, typer.Option(help="GB/T 2260 code: 32 (province), 3201 (prefecture), 320102 (county); required")
+    ] = None,
+    from_day: Annotated[
+        str | None, typer.Option("--from", help="first day of the period, YYYY-MM-DD (China time); required")
+    ] = None,
+    to_day: Annotated[
+        str | None, typer.Option("--to", help="the day after the period's last day, YYYY-MM-DD; required")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json, csv or both")] = "both",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="file to write (for both: its .json and .csv siblings); default dispatch-<division>-<days>"),
+    ] = None,
+    flows: Annotated[
+        str | None,
+        typer.Option(help="host:port of the flows service; default: the running mesh, else configuration"),
+    ] = None,
+    as_participant: Annotated[
+        str, typer.Option(help="participant id of the local platform operator the CLI acts as")
+    ] = LOCAL_OPERATOR_ID,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the flows service to answer")] = 5.0,
+) -> None:
+    from greenmesh_cli.report import run_dispatch_command
+
+    raise typer.Exit(
+        run_dispatch_command(division, from_day, to_day, fmt, output, flows, as_participant, connect_timeout, console)
+    )
