@@ -70,6 +70,12 @@ class MeshSettings(BaseSettings):
         False, description="consumers link to the producer span instead of continuing its trace"
     )
     reflection: bool = Field(True, description="serve gRPC server reflection")
+    flows_diversion_days: float = Field(
+        7.0, gt=0, description="flows: a shipment not received within this many days raises POSSIBLE_DIVERSION"
+    )
+    flows_monitor_interval_seconds: float = Field(
+        60.0, gt=0, description="flows: how often overdue storage, diversion, overstock and mass balance are checked"
+    )
     log_level: str = Field("INFO")
     log_format: str = Field("json", description="json or text")
 

@@ -1,0 +1,486 @@
+"""The flows service's queries. Only this module (and the migrations, the alert and statistics modules) touches
+the flows tables; the capture and the servicer speak domain objects and call these functions.
+
+Bulk paths use SQLAlchemy Core statements (multi-row INSERT … RETURNING, ON CONFLICT upserts) because the
+capture writes thousands of rows a second; the ORM unit of work would cost more than the database does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Table, and_, bindparam, func, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from greenmesh.flows.v1 import flows_pb2 as pb
+from services.flows.domain import (
+    BatteryState,
+    CustodyState,
+    ErrorDeclaration,
+    ErrorReason,
+    FlowEvent,
+    QuarantineCause,
+    QuarantineRelease,
+    RuleHit,
+    declare_error,
+)
+from services.flows.domain.identity import parse_urn
+from services.flows.mapping import event_from_proto, hits_from_json
+from services.flows.tables import (
+    BatteryModelRow,
+    BatteryRow,
+    ErrorDeclarationRow,
+    EventBatteryRow,
+    FacilityLedgerRow,
+    FlowEventRow,
+    QuarantineReleaseRow,
+    ShipmentRow,
+)
+
+T = TypeVar("T")
+# Bound parameters per statement stay well under SQLite's limit (32,766) and PostgreSQL's (65,535).
+IN_CHUNK = 500
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def table(model: Any) -> Table:
+    return model.__table__  # type: ignore[no-any-return]
+
+
+async def execute(session: AsyncSession, statement: Any, parameters: Any = None) -> Any:
+    """A Core statement on the session's connection (inside its transaction), without the ORM's bookkeeping."""
+    connection = await session.connection()
+    return await connection.execute(statement, parameters)
+
+
+# ---- stored events ------------------------------------------------------------------------------
+
+
+def to_utc(moment: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes for aware columns; every stored time is UTC."""
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+
+
+def stored_event(payload: bytes) -> FlowEvent:
+    """A stored event's domain form. The payload was validated at capture, so conversion cannot fail."""
+    message = pb.FlowEvent.FromString(payload)
+    record_time = message.record_time.ToDatetime(tzinfo=dt.UTC) if message.HasField("record_time") else None
+    event, problems = event_from_proto(message, reporter_id=message.reporter_id, record_time=record_time)
+    if event is None:  # pragma: no cover - the capture stored only convertible events
+        raise ValueError(f"stored event {message.event_id} no longer converts: {problems}")
+    return event
+
+
+def declaration_of(row: ErrorDeclarationRow) -> ErrorDeclaration:
+    return ErrorDeclaration(
+        declaration_time=to_utc(row.declaration_time),
+        reason=ErrorReason(row.reason),
+        corrective_event_ids=tuple(i for i in row.corrective_event_ids.split(",") if i),
+        explanation=row.explanation,
+        declared_by=row.declared_by,
+    )
+
+
+async def existing_hashes(session: AsyncSession, event_ids: Collection[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for part in chunks(sorted(event_ids)):
+        rows = await session.exec(
+            select(FlowEventRow.event_id, FlowEventRow.event_hash).where(col(FlowEventRow.event_id).in_(part))
+        )
+        found.update({event_id: event_hash for event_id, event_hash in rows.all()})
+    return found
+
+
+async def event_row(session: AsyncSession, event_id: str) -> FlowEventRow | None:
+    return (await session.exec(select(FlowEventRow).where(col(FlowEventRow.event_id) == event_id))).first()
+
+
+async def events_by_seq(session: AsyncSession, seqs: Collection[int]) -> dict[int, FlowEventRow]:
+    found: dict[int, FlowEventRow] = {}
+    for part in chunks(sorted(seqs)):
+        rows = await session.exec(select(FlowEventRow).where(col(FlowEventRow.seq).in_(part)))
+        found.update({row.seq: row for row in rows.all() if row.seq is not None})
+    return found
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert flow_event rows in one multi-row statement per chunk; returns their seqs in input order.
+
+    The seqs are matched to the rows by their (unique) event ids. `sort_by_parameter_order=True` would do
+    that for us, but on SQLite (no sentinel column) SQLAlchemy then sends one INSERT per row: a thread
+    round trip per event through aiosqlite, ~6x slower than one multi-row INSERT ... RETURNING."""
+    flow_event = table(FlowEventRow)
+    statement = insert(flow_event).returning(flow_event.c.event_id, flow_event.c.seq)
+    seq_of: dict[str, int] = {}
+    for part in chunks(rows, 200):
+        result = await execute(session, statement, list(part))
+        seq_of.update({event_id: int(seq) for event_id, seq in result.all()})
+    return [seq_of[row["event_id"]] for row in rows]
+
+
+async def insert_rows(session: AsyncSession, model: Any, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await execute(session, insert(table(model)), list(rows))
+
+
+# ---- battery states -----------------------------------------------------------------------------
+
+
+def _date(text: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(text) if text else None
+
+
+def state_of(row: BatteryRow, open_shipment: FlowEvent | None) -> BatteryState:
+    extra = json.loads(row.state_json or "{}")
+    return BatteryState(
+        battery=parse_urn(row.battery_key),
+        phase=CustodyState(row.phase),
+        holder_id=row.holder_id,
+        holder_facility_id=row.holder_facility_id,
+        waste=row.waste,
+        scrap_recommended=extra.get("scrap", False),
+        discharged=extra.get("discharged", False),
+        sorted=extra.get("sorted", False),
+        reached_recycler=row.reached_recycler,
+        model_id=row.model_id,
+        producer_id=row.producer_id,
+        production_date=_date(extra.get("production_date")),
+        open_shipment=open_shipment,
+        received_via=extra.get("received_via", ""),
+        last_event_id=extra.get("last_event_id", ""),
+        last_event_time=to_utc(row.last_event_time) if row.last_event_time else None,
+        event_count=extra.get("event_count", 0),
+        quarantine=tuple(QuarantineCause(*cause) for cause in extra.get("quarantine", [])),
+    )
+
+
+@dataclass
+class BatteryFacts:
+    """What the battery table keeps beside the domain state: the times monitors and statistics read."""
+
+    held_since: dt.datetime | None = None
+    collected_at: dt.datetime | None = None
+    collected_county: str = ""
+    collected_mode: str = ""
+
+
+def facts_of(row: BatteryRow | None) -> BatteryFacts:
+    if row is None:
+        return BatteryFacts()
+    return BatteryFacts(
+        held_since=to_utc(row.held_since) if row.held_since else None,
+        collected_at=to_utc(row.collected_at) if row.collected_at else None,
+        collected_county=row.collected_county,
+        collected_mode=row.collected_mode,
+    )
+
+
+def battery_values(state: BatteryState, facts: BatteryFacts, open_shipment_seq: int | None) -> dict[str, Any]:
+    extra = {
+        "scrap": state.scrap_recommended,
+        "discharged": state.discharged,
+        "sorted": state.sorted,
+        "production_date": state.production_date.isoformat() if state.production_date else None,
+        "received_via": state.received_via,
+        "last_event_id": state.last_event_id,
+        "event_count": state.event_count,
+        "quarantine": [[c.rule_id, c.event_id, c.message] for c in state.quarantine],
+    }
+    battery = state.battery
+    return {
+        "battery_key": battery.urn,
+        "scheme": battery.scheme.value,
+        "namespace": battery.namespace,
+        "value": battery.value,
+        "state": state.state.value,
+        "phase": state.phase.value,
+        "holder_id": state.holder_id,
+        "holder_facility_id": state.holder_facility_id,
+        "waste": state.waste,
+        "reached_recycler": state.reached_recycler,
+        "model_id": state.model_id,
+        "producer_id": state.producer_id,
+        "last_event_time": state.last_event_time,
+        "held_since": facts.held_since,
+        "collected_at": facts.collected_at,
+        "collected_county": facts.collected_county,
+        "collected_mode": facts.collected_mode,
+        "open_shipment_seq": open_shipment_seq,
+        "state_json": json.dumps(extra, ensure_ascii=False, separators=(",", ":")),
+    }
+
+
+async def battery_rows(session: AsyncSession, keys: Collection[str]) -> dict[str, BatteryRow]:
+    found: dict[str, BatteryRow] = {}
+    for part in chunks(sorted(keys)):
+        rows = await session.exec(select(BatteryRow).where(col(BatteryRow.battery_key).in_(part)))
+        found.update({row.battery_key: row for row in rows.all()})
+    return found
+
+
+async def load_states(
+    session: AsyncSession, keys: Collection[str]
+) -> tuple[dict[str, BatteryState], dict[str, BatteryRow]]:
+    """The stored states of these batteries (with their open shipments), and their rows."""
+    rows = await battery_rows(session, keys)
+    shipments = await events_by_seq(session, {r.open_shipment_seq for r in rows.values() if r.open_shipment_seq})
+    states = {
+        key: state_of(row, stored_event(shipments[row.open_shipment_seq].payload) if row.open_shipment_seq else None)
+        for key, row in rows.items()
+    }
+    return states, rows
+
+
+async def upsert_batteries(session: AsyncSession, values: Sequence[dict[str, Any]]) -> None:
+    if not values:
+        return
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table(BatteryRow))
+    updated = {name: statement.excluded[name] for name in values[0] if name != "battery_key"}
+    statement = statement.on_conflict_do_update(index_elements=["battery_key"], set_=updated)
+    for part in chunks(values, 200):
+        await execute(session, statement, list(part))
+
+
+async def battery_row(session: AsyncSession, key: str) -> BatteryRow | None:
+    return await session.get(BatteryRow, key)
+
+
+# ---- shipments and ledgers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShipmentView:
+    row: ShipmentRow
+    event: FlowEvent
+    receipt: FlowEvent | None
+
+
+async def shipments_to(session: AsyncSession, facility_id: str, limit: int = 50) -> list[ShipmentView]:
+    """The latest shipments addressed to a facility (open or received): candidates for a receipt by quantity."""
+    rows = list(
+        (
+            await session.exec(
+                select(ShipmentRow)
+                .where(col(ShipmentRow.destination_facility_id) == facility_id)
+                .order_by(col(ShipmentRow.event_seq).desc())
+                .limit(limit)
+            )
+        ).all()
+    )
+    wanted = {r.event_seq for r in rows} | {r.received_seq for r in rows if r.received_seq}
+    events = await events_by_seq(session, wanted)
+    return [
+        ShipmentView(
+            row,
+            stored_event(events[row.event_seq].payload),
+            stored_event(events[row.received_seq].payload) if row.received_seq else None,
+        )
+        for row in rows
+    ]
+
+
+async def mark_received(session: AsyncSession, receipts: Mapping[int, tuple[int, dt.datetime]]) -> None:
+    """shipment seq → (receipt seq, receipt time), for shipments not received yet."""
+    if not receipts:
+        return
+    shipment = table(ShipmentRow)
+    statement = (
+        update(shipment)
+        .where(and_(shipment.c.event_seq == bindparam("b_seq"), shipment.c.received_seq.is_(None)))
+        .values(received_seq=bindparam("b_received"), received_at=bindparam("b_at"))
+    )
+    rows = [{"b_seq": s, "b_received": r, "b_at": at} for s, (r, at) in receipts.items()]
+    await execute(session, statement, rows)
+
+
+@dataclass
+class LedgerDelta:
+    county_code: str = ""
+    units_in: int = 0
+    units_out: int = 0
+    kg_in: float = 0.0
+    kg_out: float = 0.0
+    treated_kg: float = 0.0
+    output_kg: float = 0.0
+
+    def add(self, other: LedgerDelta) -> None:
+        for name in ("units_in", "units_out", "kg_in", "kg_out", "treated_kg", "output_kg"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.county_code = self.county_code or other.county_code
+
+
+async def apply_ledger(session: AsyncSession, deltas: Mapping[str, LedgerDelta]) -> None:
+    if not deltas:
+        return
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    ledger = table(FacilityLedgerRow)
+    statement = module.insert(ledger)
+    sums = ("units_in", "units_out", "kg_in", "kg_out", "treated_kg", "output_kg")
+    statement = statement.on_conflict_do_update(
+        index_elements=["facility_id"],
+        set_={name: ledger.c[name] + statement.excluded[name] for name in sums},
+    )
+    rows = [{"facility_id": facility, **dataclasses.asdict(delta)} for facility, delta in sorted(deltas.items())]
+    await execute(session, statement, rows)
+
+
+async def model_masses(session: AsyncSession, model_ids: Collection[str]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for part in chunks(sorted(i for i in model_ids if i)):
+        rows = await session.exec(
+            select(BatteryModelRow.model_id, BatteryModelRow.mass_kg).where(col(BatteryModelRow.model_id).in_(part))
+        )
+        found.update(dict(rows.all()))
+    return found
+
+
+# ---- a battery's history ------------------------------------------------------------------------
+
+
+@dataclass
+class BatteryHistory:
+    """Everything replay needs for some batteries: their events in capture order (declarations appended as
+    EPCIS error-declaration events), the hits recorded at capture, the releases, and each event's seq."""
+
+    events: list[FlowEvent] = field(default_factory=list)
+    recorded_hits: dict[str, list[RuleHit]] = field(default_factory=dict)
+    releases: list[QuarantineRelease] = field(default_factory=list)
+    seq_of: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, FlowEventRow] = field(default_factory=dict)
+
+
+async def battery_history(session: AsyncSession, keys: Collection[str]) -> BatteryHistory:
+    links = []
+    for part in chunks(sorted(keys)):
+        links += list(
+            (
+                await session.exec(select(EventBatteryRow.event_seq).where(col(EventBatteryRow.battery_key).in_(part)))
+            ).all()
+        )
+    rows = await events_by_seq(session, set(links))
+    history = BatteryHistory()
+    ordered = [rows[seq] for seq in sorted(rows)]
+    for row in ordered:
+        event = stored_event(row.payload)
+        history.events.append(event)
+        history.recorded_hits[event.event_id] = hits_from_json(row.hits_json)
+        history.seq_of[event.event_id] = row.seq or 0
+        history.rows[event.event_id] = row
+    declared_ids = [row.event_id for row in ordered if row.declared]
+    if declared_ids:
+        declarations = (
+            await session.exec(select(ErrorDeclarationRow).where(col(ErrorDeclarationRow.event_id).in_(declared_ids)))
+        ).all()
+        by_id = {e.event_id: e for e in history.events}
+        for declaration in sorted(declarations, key=lambda d: d.declaration_time):
+            history.events.append(declare_error(by_id[declaration.event_id], declaration_of(declaration)))
+    for part in chunks(sorted(keys)):
+        releases = await session.exec(
+            select(QuarantineReleaseRow).where(col(QuarantineReleaseRow.battery_key).in_(part))
+        )
+        history.releases += [
+            QuarantineRelease(parse_urn(r.battery_key), to_utc(r.released_at), r.released_by, r.note)
+            for r in releases.all()
+        ]
+    return history
+
+
+async def has_reported_for(session: AsyncSession, key: str, reporter_id: str) -> bool:
+    """Whether this participant reported any event of the battery (it may then read the battery's trace)."""
+    query = (
+        select(func.count())
+        .select_from(EventBatteryRow)
+        .join(FlowEventRow, col(FlowEventRow.seq) == col(EventBatteryRow.event_seq))
+        .where(col(EventBatteryRow.battery_key) == key, col(FlowEventRow.reporter_id) == reporter_id)
+    )
+    return int((await session.exec(query)).one()) > 0
+
+
+# ---- queries ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    biz_steps: Sequence[str] = ()
+    event_time_from: dt.datetime | None = None
+    event_time_to: dt.datetime | None = None
+    record_time_from: dt.datetime | None = None
+    record_time_to: dt.datetime | None = None
+    facility_id: str = ""
+    source_facility_id: str = ""
+    destination_facility_id: str = ""
+    battery_key: str = ""
+    division_prefix: str = ""
+    # Access: "" = everything; otherwise only events this participant reported.
+    reporter_id: str = ""
+    # Access for regulators: the region's division prefix ("" = national).
+    region_prefix: str = ""
+
+
+def _filtered(query: Any, f: EventFilter) -> Any:
+    c = FlowEventRow
+    if f.biz_steps:
+        query = query.where(col(c.biz_step).in_(list(f.biz_steps)))
+    if f.event_time_from:
+        query = query.where(col(c.event_time) >= f.event_time_from)
+    if f.event_time_to:
+        query = query.where(col(c.event_time) < f.event_time_to)
+    if f.record_time_from:
+        query = query.where(col(c.record_time) >= f.record_time_from)
+    if f.record_time_to:
+        query = query.where(col(c.record_time) < f.record_time_to)
+    if f.facility_id:
+        query = query.where(col(c.facility_id) == f.facility_id)
+    if f.source_facility_id:
+        query = query.where(col(c.source_facility_id) == f.source_facility_id)
+    if f.destination_facility_id:
+        query = query.where(col(c.destination_facility_id) == f.destination_facility_id)
+    if f.division_prefix:
+        query = query.where(col(c.county_code).startswith(f.division_prefix))
+    if f.region_prefix:
+        query = query.where(col(c.county_code).startswith(f.region_prefix))
+    if f.reporter_id:
+        query = query.where(col(c.reporter_id) == f.reporter_id)
+    if f.battery_key:
+        query = query.where(
+            col(c.seq).in_(select(EventBatteryRow.event_seq).where(col(EventBatteryRow.battery_key) == f.battery_key))
+        )
+    return query
+
+
+async def query_events(session: AsyncSession, f: EventFilter, *, after_seq: int, limit: int) -> list[FlowEventRow]:
+    query = _filtered(select(FlowEventRow), f).where(col(FlowEventRow.seq) > after_seq)
+    rows = await session.exec(query.order_by(col(FlowEventRow.seq)).limit(limit))
+    return list(rows.all())
+
+
+async def latest_seq(session: AsyncSession) -> int:
+    latest = (await session.exec(select(func.max(FlowEventRow.seq)))).one()
+    return int(latest or 0)
+
+
+async def declarations(session: AsyncSession, event_ids: Iterable[str]) -> dict[str, ErrorDeclaration]:
+    ids = sorted(set(event_ids))
+    found: dict[str, ErrorDeclaration] = {}
+    for part in chunks(ids):
+        rows = await session.exec(select(ErrorDeclarationRow).where(col(ErrorDeclarationRow.event_id).in_(part)))
+        found.update({row.event_id: declaration_of(row) for row in rows.all()})
+    return found
+
+
+def battery_keys_of(event: FlowEvent) -> list[str]:
+    return sorted({b.urn for b in event.batteries})
