@@ -74,7 +74,7 @@ class BatteryRow(SQLModel, table=True):
     __tablename__ = "battery"
     __table_args__ = (
         Index("ix_battery_holder", "holder_facility_id", "phase"),
-        Index("ix_battery_collected", "collected_county", "collected_at"),
+        Index("ix_battery_collected", "collected_county", "collected_at", "reached_recycler"),
     )
 
     battery_key: str = Field(primary_key=True, max_length=BATTERY_KEY_LENGTH)

@@ -82,7 +82,7 @@ def upgrade() -> None:
         _text("state_json"),
     )
     op.create_index("ix_battery_holder", "battery", ["holder_facility_id", "phase"])
-    op.create_index("ix_battery_collected", "battery", ["collected_county", "collected_at"])
+    op.create_index("ix_battery_collected", "battery", ["collected_county", "collected_at", "reached_recycler"])
 
     op.create_table(
         "shipment",
