@@ -803,11 +803,9 @@ async def test_monitor_loop_runs_at_once_publishes_and_stops_when_cancelled(
 
         await eventually(alert_published)  # the first pass runs at once, not after the interval
         assert [a.kind for a in await alerts_in(runtime.database)] == ["MASS_BALANCE"]
-        started = asyncio.get_running_loop().time()
         loop.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(loop, 2)
-        assert asyncio.get_running_loop().time() - started < 1
+        done, _ = await asyncio.wait({loop}, timeout=1)  # promptly, and without waiting on a stuck task
+        assert loop in done and loop.cancelled()
     finally:
         await runtime.stop()
 
