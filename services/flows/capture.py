@@ -86,6 +86,7 @@ class Judged:
     answered_shipments: list[str] = field(default_factory=list)  # event ids of the shipments a receipt closes
     replay_keys: list[str] = field(default_factory=list)  # batteries this event reached out of order
     seq: int = 0
+    message: pb.FlowEvent | None = None  # the stored form, built once for the row and the outbox
 
     @property
     def stored(self) -> bool:
@@ -299,7 +300,9 @@ class Capture:
     def event_row(self, j: Judged) -> dict[str, Any]:
         event = j.event
         assert event is not None
-        message = event_to_proto(event, event_hash=j.event_hash, outcome=j.outcome, county_code=j.county_code)
+        message = j.message = event_to_proto(
+            event, event_hash=j.event_hash, outcome=j.outcome, county_code=j.county_code
+        )
         record_offset = event.local_event_time.tzinfo or dt.UTC
         late = is_late(
             event.biz_step.value,
@@ -356,7 +359,9 @@ class Capture:
         """The event's FlowEventRecorded outbox row, as meshkit.outbox.append_event would write it."""
         assert j.event is not None
         metadata = event_metadata(self.settings, pb.FlowEventRecorded, self.now)
-        message = event_to_proto(j.event, event_hash=j.event_hash, outcome=j.outcome, county_code=j.county_code)
+        message = j.message or event_to_proto(
+            j.event, event_hash=j.event_hash, outcome=j.outcome, county_code=j.county_code
+        )
         recorded = pb.FlowEventRecorded(
             metadata=metadata, event=message, outcome=j.outcome, rule_hits=[hit_to_proto(h) for h in j.hits]
         )
@@ -440,14 +445,16 @@ async def capture_batch(
     directory: Directory,
     config: RuleConfig,
     messages: Sequence[pb.FlowEvent],
-    reporter_id: str,
+    reporter_ids: str | Sequence[str],
     *,
     rollback_on_error: bool,
     now: dt.datetime | None = None,
 ) -> BatchResult:
-    """Judge and (unless rolled back) store a batch in the session's transaction."""
+    """Judge and (unless rolled back) store a batch in the session's transaction. The reporter is one
+    authenticated caller for the whole batch, or one per message (single reports captured together)."""
     capture = Capture(session, settings, directory, config, now or dt.datetime.now(dt.UTC))
-    judged = [capture.convert(i, m, reporter_id) for i, m in enumerate(messages)]
+    reporters = [reporter_ids] * len(messages) if isinstance(reporter_ids, str) else reporter_ids
+    judged = [capture.convert(i, m, r) for i, (m, r) in enumerate(zip(messages, reporters, strict=True))]
     await capture.prepare(judged)
     for j in judged:
         if j.event is not None and j.outcome == pb.EVENT_OUTCOME_UNSPECIFIED:
