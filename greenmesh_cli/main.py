@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from greenmesh_cli.energy_import import IMPORT_HELP as ENERGY_IMPORT_HELP
 from greenmesh_cli.registry_import import IMPORT_HELP, LOCAL_OPERATOR_ID
 from greenmesh_cli.report import DISPATCH_HELP
 from meshkit.config import SERVICES, Component, load_settings
@@ -210,3 +211,26 @@ def report_dispatch(
     raise typer.Exit(
         run_dispatch_command(division, from_day, to_day, fmt, output, flows, as_participant, connect_timeout, console)
     )
+
+
+energy_app = typer.Typer(help="The energy records: equipment, meters, readings, savings.", no_args_is_help=True)
+app.add_typer(energy_app, name="energy")
+
+
+@energy_app.command("import-readings", help=ENERGY_IMPORT_HELP)
+def energy_import_readings(
+    file: Annotated[Path, typer.Argument(help="the CSV file (UTF-8, header row first)", show_default=False)],
+    meter: Annotated[str | None, typer.Option(help="the meter of every row (instead of a meter_id column)")] = None,
+    timezone: Annotated[str, typer.Option(help="UTC offset of times written without one")] = "+08:00",
+    energy: Annotated[
+        str | None,
+        typer.Option(help="host:port of the energy service; default: the running mesh, else the configuration"),
+    ] = None,
+    as_participant: Annotated[
+        str, typer.Option(help="participant id of the local platform operator the CLI acts as")
+    ] = LOCAL_OPERATOR_ID,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the energy service to answer")] = 5.0,
+) -> None:
+    from greenmesh_cli.energy_import import run_import_command as run_energy_import
+
+    raise typer.Exit(run_energy_import(file, energy, meter, timezone, as_participant, connect_timeout, console))

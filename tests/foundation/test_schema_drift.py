@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from meshkit.db import Database
 from meshkit.migrate import migrate
 
-SERVICES = ["registry", "flows"]
+SERVICES = ["registry", "flows", "energy"]
 
 
 def tables_of(module: ModuleType) -> list[Table]:
