@@ -40,12 +40,16 @@ class Readiness:
         )
 
     def set_nats(self, up: bool) -> None:
-        self.nats_up = up
-        self._changed.set()
+        if up != self.nats_up:
+            self.nats_up = up
+            self._changed.set()
 
     def set_database(self, up: bool) -> None:
-        self.database_up = up
-        self._changed.set()
+        # Only a change wakes `run`: setting the same value again (each ping does) must not, or `run` would
+        # ping the database in a busy loop instead of every `ping_seconds`.
+        if up != self.database_up:
+            self.database_up = up
+            self._changed.set()
 
     async def publish(self) -> None:
         ready = self.ready

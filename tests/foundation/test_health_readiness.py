@@ -97,3 +97,32 @@ async def test_shutdown_announces_not_serving_before_closing(
         await stopping
     assert seen[0] == SERVING
     assert NOT_SERVING in seen[1:], seen
+
+
+async def test_the_database_is_pinged_every_interval_not_in_a_busy_loop(tmp_path: Path) -> None:
+    """Each ping reports the same state again; that must not wake the watcher at once (it did: an idle service
+    pinged its database thousands of times a second and burnt most of a CPU)."""
+    from grpc_health.v1._async import HealthServicer
+
+    from meshkit.db import Database
+    from meshkit.readiness import Readiness
+
+    class CountingDatabase(Database):
+        pings = 0
+
+        async def ping(self, timeout: float = 2.0) -> bool:
+            CountingDatabase.pings += 1
+            return await super().ping(timeout)
+
+    database = CountingDatabase(f"sqlite+aiosqlite:///{tmp_path / 'ping.db'}")
+    readiness = Readiness(HealthServicer(), [], needs_nats=False)
+    watcher = asyncio.create_task(readiness.run(database, ping_seconds=0.2))
+    try:
+        await asyncio.sleep(1.0)
+        assert readiness.ready
+        # About 5 pings in a second at 0.2 s; allow for a slow machine, but not for a loop.
+        assert 2 <= CountingDatabase.pings <= 8, CountingDatabase.pings
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await database.dispose()
