@@ -9,7 +9,7 @@ earlier ones left), and writes with multi-row statements. Nothing is written whe
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import datetime as dt
 import json
 import logging
@@ -241,7 +241,8 @@ class Capture:
     def next_facts(
         self, key: str, before: BatteryState, after: BatteryState, event: FlowEvent, j: Judged
     ) -> store.BatteryFacts:
-        facts = dataclasses.replace(self.facts.get(key) or store.BatteryFacts())
+        known = self.facts.get(key)
+        facts = copy.copy(known) if known is not None else store.BatteryFacts()
         if after.holder_facility_id and after.holder_facility_id != before.holder_facility_id:
             facts.held_since = event.event_time
         elif not after.holder_facility_id:
@@ -410,7 +411,7 @@ def ledger_effects(j: Judged, sign: int = 1) -> dict[str, store.LedgerDelta]:
         delta.units_out, delta.kg_out = sign * j.units, sign * j.mass_kg
     if step in (BizStep.DISMANTLING, BizStep.RECYCLING):
         delta.output_kg = sign * sum(q.amount for q in event.outputs if q.unit is Unit.KILOGRAMS)
-    if any(dataclasses.astuple(delta)[1:]):
+    if delta.units_in or delta.units_out or delta.kg_in or delta.kg_out or delta.treated_kg or delta.output_kg:
         effects[event.facility_id] = delta
     return effects
 

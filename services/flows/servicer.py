@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import math
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from meshkit.errors import (
 from meshkit.ids import new_id
 from meshkit.paging import decode_token, encode_token, page_size
 from meshkit.server import ServiceRuntime
-from services.flows import alerts, capture, statistics, store
+from services.flows import alerts, capture, statistics, store, trace
 from services.flows.directory_view import DirectoryView
 from services.flows.domain import (
     RULES,
@@ -40,19 +40,15 @@ from services.flows.domain import (
     Decision,
     RuleConfig,
     issue_platform_code,
-    make_judge,
-    replay,
 )
 from services.flows.domain.directory import PRODUCER_ROLES
+from services.flows.ingest import CaptureQueue
 from services.flows.mapping import (
     battery_ref_from_proto,
     battery_ref_to_proto,
     biz_step_from_proto,
-    custody_state_to_proto,
     declaration_from_proto,
     declaration_to_proto,
-    event_to_proto,
-    hit_to_proto,
     rule_to_proto,
     state_to_proto,
     timestamp_from_proto,
@@ -130,6 +126,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         self.directory = directory
         self.config = config
         self.notifier = Notifier(asyncio.Condition())
+        self.captures = CaptureQueue(runtime, config, self.notifier.notify)
 
     @property
     def database(self) -> Any:
@@ -142,35 +139,9 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
 
     # ---- reporting ----------------------------------------------------------------------------
 
-    async def _capture(
-        self, messages: Sequence[pb.FlowEvent], reporter_id: str, *, rollback_on_error: bool
-    ) -> capture.BatchResult:
-        directory = await self._directory()
-        now = dt.datetime.now(dt.UTC)
-        async with self.database.transaction() as session:
-            result = await capture.capture_batch(
-                session,
-                self.runtime.settings,
-                directory,
-                self.config,
-                messages,
-                reporter_id,
-                rollback_on_error=rollback_on_error,
-                now=now,
-            )
-        if result.critical_rejections:
-            async with self.database.transaction() as session:
-                await capture.record_critical_rejections(
-                    session, self.runtime.settings, result.critical_rejections, now
-                )
-        if any(j.stored for j in result.judged):
-            await self.notifier.notify()
-        return result
-
     async def ReportEvent(self, request: pb.ReportEventRequest, context: Context) -> pb.ReportEventResponse:
         reporter = require_authenticated(caller_of(context))
-        result = await self._capture([request.event], reporter, rollback_on_error=True)
-        judged = result.judged[0]
+        judged = await self.captures.report_one(await self._directory(), request.event, reporter)
         if judged.outcome == pb.EVENT_OUTCOME_CONFLICT:
             raise AlreadyExists(
                 "event", judged.event_id, f"event {judged.event_id} was already reported with other content"
@@ -196,7 +167,9 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             raise InvalidArgument([FieldViolation("error_behaviour", "unknown value")])
         # ROLLBACK unless PROCEED is asked for: storing half a batch must be a deliberate choice.
         rollback = request.error_behaviour != pb.ERROR_BEHAVIOUR_PROCEED
-        result = await self._capture(list(request.events), reporter, rollback_on_error=rollback)
+        result = await self.captures.report_batch(
+            await self._directory(), list(request.events), reporter, rollback_on_error=rollback
+        )
         return pb.ReportEventsResponse(results=result.results(), rolled_back=result.rolled_back)
 
     async def UploadEvents(
@@ -207,7 +180,9 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         pending: list[pb.FlowEvent] = []
 
         async def flush() -> None:
-            result = await self._capture(pending, reporter, rollback_on_error=False)
+            result = await self.captures.report_batch(
+                await self._directory(), pending, reporter, rollback_on_error=False
+            )
             for judged in result.judged:
                 outcome = judged.outcome
                 summary.accepted += outcome == pb.EVENT_OUTCOME_ACCEPTED
@@ -237,7 +212,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         if declaration is None or problems:
             raise InvalidArgument(problems)
         directory = await self._directory()
-        async with self.database.transaction() as session:
+        async with self.captures.exclusive() as session:
             row = await store.event_row(session, request.event_id)
             if row is None:
                 raise NotFound("event", request.event_id)
@@ -345,42 +320,15 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         require_authenticated(caller)
         battery = battery_key(request.battery_ref)
         async with self.database.session() as session:
-            row = await store.battery_row(session, battery.urn)
+            # The battery's row comes with its history (one statement); a battery without events has none.
+            history = await store.battery_history(session, [battery.urn], with_batteries=True)
+            row = history.batteries.get(battery.urn)
+            if row is None:
+                row = await store.battery_row(session, battery.urn)
             if row is None:
                 raise NotFound("battery", battery.urn)
             await self._readable(session, caller, battery.urn, row)
-            history = await store.battery_history(session, [battery.urn])
-        result = replay(
-            history.events,
-            self.directory,
-            judge=make_judge(self.config, recorded_hits=history.recorded_hits),
-            releases=history.releases,
-        )
-        state = result.state(battery)
-        steps = []
-        for step in result.trail_of(battery):
-            stored = history.rows.get(step.event.event_id)
-            message = event_to_proto(
-                step.event,
-                event_hash=stored.event_hash if stored else "",
-                outcome=outcome_number(stored.outcome) if stored else 0,
-                hits=step.hits,
-                county_code=stored.county_code if stored else step.county_code,
-            )
-            steps.append(
-                pb.TraceStep(
-                    event=message,
-                    state_before=custody_state_to_proto(step.state_before),
-                    state_after=custody_state_to_proto(step.state_after),
-                    county_code=stored.county_code if stored and stored.county_code else step.county_code,
-                    facility_type=stored.facility_type if stored and stored.facility_type else step.facility_type,
-                    rule_hits=[hit_to_proto(h) for h in step.hits],
-                    declared_in_error=step.declared_in_error,
-                )
-            )
-        return pb.GetBatteryTraceResponse(
-            state=state_to_proto(state), steps=steps, reached_compliant_channel=state.reached_recycler
-        )
+        return trace.battery_trace(history, self.directory, self.config, battery)
 
     async def IssuePlatformCodes(
         self, request: pb.IssuePlatformCodesRequest, context: Context
@@ -420,7 +368,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         if len(request.note) > 500 or not request.note.strip():
             raise InvalidArgument([FieldViolation("note", "required, at most 500 characters: what the review found")])
         directory = await self._directory()
-        async with self.database.transaction() as session:
+        async with self.captures.exclusive() as session:
             row = await store.battery_row(session, battery.urn)
             if row is None:
                 raise NotFound("battery", battery.urn)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, and_, bindparam, func, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -32,7 +34,7 @@ from services.flows.domain import (
     declare_error,
 )
 from services.flows.domain.identity import parse_urn
-from services.flows.mapping import event_from_proto, hits_from_json
+from services.flows.mapping import event_from_proto, hits_from_json, stored_event_from_proto
 from services.flows.tables import (
     BatteryModelRow,
     BatteryRow,
@@ -115,18 +117,24 @@ async def events_by_seq(session: AsyncSession, seqs: Collection[int]) -> dict[in
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert flow_event rows in one multi-row statement per chunk; returns their seqs in input order.
+    """Insert flow_event rows with the next seqs, in input order; returns them.
 
-    The seqs are matched to the rows by their (unique) event ids. `sort_by_parameter_order=True` would do
-    that for us, but on SQLite (no sentinel column) SQLAlchemy then sends one INSERT per row: a thread
-    round trip per event through aiosqlite, ~6x slower than one multi-row INSERT ... RETURNING."""
+    The capture is the only writer of flow_event and runs one at a time (services.flows.ingest: a lock in the
+    process, an advisory lock across replicas on PostgreSQL), so it numbers the rows itself from the current
+    maximum and inserts them with one executemany, which the drivers run in C (sqlite3) or as one pipelined
+    batch (asyncpg). `INSERT ... RETURNING seq` instead costs SQLAlchemy a rendered multi-row statement per
+    chunk, three times the insert itself on SQLite. Seqs then also commit in order, which subscriptions resuming
+    from a seq rely on. On PostgreSQL the column's sequence is moved past the new rows, so that any insert
+    relying on the default (none in the service; tests do) cannot collide."""
+    if not rows:
+        return []
     flow_event = table(FlowEventRow)
-    statement = insert(flow_event).returning(flow_event.c.event_id, flow_event.c.seq)
-    seq_of: dict[str, int] = {}
-    for part in chunks(rows, 200):
-        result = await execute(session, statement, list(part))
-        seq_of.update({event_id: int(seq) for event_id, seq in result.all()})
-    return [seq_of[row["event_id"]] for row in rows]
+    last = (await execute(session, select(func.coalesce(func.max(flow_event.c.seq), 0)))).scalar_one()
+    seqs = list(range(int(last) + 1, int(last) + 1 + len(rows)))
+    await execute(session, insert(flow_event), [{**row, "seq": seq} for row, seq in zip(rows, seqs, strict=True)])
+    if session.get_bind().dialect.name == "postgresql":
+        await execute(session, select(func.setval(func.pg_get_serial_sequence("flow_event", "seq"), seqs[-1])))
+    return seqs
 
 
 async def insert_rows(session: AsyncSession, model: Any, rows: Sequence[dict[str, Any]]) -> None:
@@ -222,34 +230,55 @@ def battery_values(state: BatteryState, facts: BatteryFacts, open_shipment_seq: 
 
 
 async def battery_rows(session: AsyncSession, keys: Collection[str]) -> dict[str, BatteryRow]:
-    found: dict[str, BatteryRow] = {}
+    """The battery rows of these keys, read with Core: plain rows with the same attributes as the model, without
+    the ORM's identity map and instrumentation (a capture reads hundreds per batch and never changes them)."""
+    battery = table(BatteryRow)
+    found: dict[str, Any] = {}
     for part in chunks(sorted(keys)):
-        rows = await session.exec(select(BatteryRow).where(col(BatteryRow.battery_key).in_(part)))
-        found.update({row.battery_key: row for row in rows.all()})
+        result = await execute(session, sa_select(battery).where(battery.c.battery_key.in_(part)))
+        found.update({row.battery_key: row for row in result})
+    return found
+
+
+async def payloads_by_seq(session: AsyncSession, seqs: Collection[int]) -> dict[int, bytes]:
+    flow_event = table(FlowEventRow)
+    found: dict[int, bytes] = {}
+    for part in chunks(sorted(seqs)):
+        result = await execute(
+            session, sa_select(flow_event.c.seq, flow_event.c.payload).where(flow_event.c.seq.in_(part))
+        )
+        found.update({int(seq): bytes(payload) for seq, payload in result})
     return found
 
 
 async def load_states(
     session: AsyncSession, keys: Collection[str]
 ) -> tuple[dict[str, BatteryState], dict[str, BatteryRow]]:
-    """The stored states of these batteries (with their open shipments), and their rows."""
+    """The stored states of these batteries (with their open shipments), and their rows. A shipment of many
+    batteries is read and converted once."""
     rows = await battery_rows(session, keys)
-    shipments = await events_by_seq(session, {r.open_shipment_seq for r in rows.values() if r.open_shipment_seq})
+    payloads = await payloads_by_seq(session, {r.open_shipment_seq for r in rows.values() if r.open_shipment_seq})
+    shipments = {seq: stored_event(payload) for seq, payload in payloads.items()}
     states = {
-        key: state_of(row, stored_event(shipments[row.open_shipment_seq].payload) if row.open_shipment_seq else None)
+        key: state_of(row, shipments[row.open_shipment_seq] if row.open_shipment_seq else None)
         for key, row in rows.items()
     }
     return states, rows
 
 
+@functools.lru_cache(maxsize=8)
+def _battery_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    # Built once per dialect: building the ON CONFLICT clause costs more than executing it for a small batch.
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table(BatteryRow))
+    updated = {name: statement.excluded[name] for name in columns if name != "battery_key"}
+    return statement.on_conflict_do_update(index_elements=["battery_key"], set_=updated)
+
+
 async def upsert_batteries(session: AsyncSession, values: Sequence[dict[str, Any]]) -> None:
     if not values:
         return
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(table(BatteryRow))
-    updated = {name: statement.excluded[name] for name in values[0] if name != "battery_key"}
-    statement = statement.on_conflict_do_update(index_elements=["battery_key"], set_=updated)
+    statement = _battery_upsert(session.get_bind().dialect.name, tuple(values[0]))
     for part in chunks(values, 200):
         await execute(session, statement, list(part))
 
@@ -351,44 +380,102 @@ async def model_masses(session: AsyncSession, model_ids: Collection[str]) -> dic
 # ---- a battery's history ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event row as a history holds it: the columns shown beside the event and the stored message (parsed
+    once, for the domain event and for the message a trace returns)."""
+
+    seq: int
+    event_id: str
+    event_hash: str
+    outcome: str
+    county_code: str
+    facility_type: str
+    message: pb.FlowEvent
+
+
 @dataclass
 class BatteryHistory:
     """Everything replay needs for some batteries: their events in capture order (declarations appended as
-    EPCIS error-declaration events), the hits recorded at capture, the releases, and each event's seq."""
+    EPCIS error-declaration events), the hits recorded at capture, the releases, and each event's seq; with
+    ``with_batteries``, the batteries' rows as well."""
 
     events: list[FlowEvent] = field(default_factory=list)
     recorded_hits: dict[str, list[RuleHit]] = field(default_factory=dict)
     releases: list[QuarantineRelease] = field(default_factory=list)
     seq_of: dict[str, int] = field(default_factory=dict)
-    rows: dict[str, FlowEventRow] = field(default_factory=dict)
+    rows: dict[str, StoredEvent] = field(default_factory=dict)
+    batteries: dict[str, BatteryRow] = field(default_factory=dict)
 
 
-async def battery_history(session: AsyncSession, keys: Collection[str]) -> BatteryHistory:
-    links = []
-    for part in chunks(sorted(keys)):
-        links += list(
-            (
-                await session.exec(select(EventBatteryRow.event_seq).where(col(EventBatteryRow.battery_key).in_(part)))
-            ).all()
-        )
-    rows = await events_by_seq(session, set(links))
+# error_declaration's columns, read beside each event (labelled declaration_<name>)
+DECLARATION_COLUMNS = ("event_id", "reason", "corrective_event_ids", "explanation", "declared_by", "declaration_time")
+
+
+@functools.lru_cache(maxsize=2)
+def _history_query(with_batteries: bool) -> Any:
+    """battery_history's statement, built once: building it and its cache key costs more than running it.
+
+    Per key of ``:keys``, event_battery's key range; each event by flow_event's key with its error declaration
+    (if any) and how many releases its battery has; with ``with_batteries``, the battery's row."""
+    flow_event, link, declared = table(FlowEventRow), table(EventBatteryRow), table(ErrorDeclarationRow)
+    battery, release = table(BatteryRow), table(QuarantineReleaseRow)
+    released = select(func.count()).where(release.c.battery_key == link.c.battery_key).scalar_subquery()
+    columns: list[Any] = [
+        link.c.battery_key.label("link_battery_key"),
+        released.label("release_count"),
+        *(flow_event.c[name] for name in ("seq", "event_id", "event_hash", "outcome", "county_code")),
+        *(flow_event.c[name] for name in ("facility_type", "declared", "hits_json", "payload")),
+        *(declared.c[name].label(f"declaration_{name}") for name in DECLARATION_COLUMNS),
+    ]
+    joined = link.join(flow_event, flow_event.c.seq == link.c.event_seq).outerjoin(
+        declared, declared.c.event_id == flow_event.c.event_id
+    )
+    if with_batteries:
+        columns += [c.label(f"battery_{c.name}") for c in battery.c]
+        joined = joined.outerjoin(battery, battery.c.battery_key == link.c.battery_key)
+    return select(*columns).select_from(joined).where(link.c.battery_key.in_(bindparam("keys", expanding=True)))
+
+
+async def battery_history(
+    session: AsyncSession, keys: Collection[str], *, with_batteries: bool = False
+) -> BatteryHistory:
+    """The history of these batteries in one statement per chunk of keys (:func:`_history_query`); only
+    batteries with releases cost a second one. On SQLite every statement is several thread round trips, which
+    cost more than the reads themselves."""
+    await session.flush()  # Core statements do not autoflush; callers read what they just added
+    columns = table(BatteryRow).c
+    rows: dict[int, Any] = {}
+    with_releases: set[str] = set()
     history = BatteryHistory()
-    ordered = [rows[seq] for seq in sorted(rows)]
-    for row in ordered:
-        event = stored_event(row.payload)
+    for part in chunks(sorted(keys)):
+        result = await execute(session, _history_query(with_batteries), {"keys": list(part)})
+        for row in result.all():
+            rows[row.seq] = row
+            if row.release_count:
+                with_releases.add(row.link_battery_key)
+            if with_batteries and row.battery_battery_key is not None and row.link_battery_key not in history.batteries:
+                values = {c.name: getattr(row, f"battery_{c.name}") for c in columns}
+                history.batteries[row.link_battery_key] = BatteryRow(**values)
+    declarations: list[tuple[dt.datetime, FlowEvent, ErrorDeclarationRow]] = []
+    for seq in sorted(rows):
+        row = rows[seq]
+        message = pb.FlowEvent.FromString(row.payload)
+        event = stored_event_from_proto(message)
         history.events.append(event)
         history.recorded_hits[event.event_id] = hits_from_json(row.hits_json)
-        history.seq_of[event.event_id] = row.seq or 0
-        history.rows[event.event_id] = row
-    declared_ids = [row.event_id for row in ordered if row.declared]
-    if declared_ids:
-        declarations = (
-            await session.exec(select(ErrorDeclarationRow).where(col(ErrorDeclarationRow.event_id).in_(declared_ids)))
-        ).all()
-        by_id = {e.event_id: e for e in history.events}
-        for declaration in sorted(declarations, key=lambda d: d.declaration_time):
-            history.events.append(declare_error(by_id[declaration.event_id], declaration_of(declaration)))
-    for part in chunks(sorted(keys)):
+        history.seq_of[event.event_id] = seq
+        history.rows[event.event_id] = StoredEvent(
+            seq, row.event_id, row.event_hash, row.outcome, row.county_code, row.facility_type, message
+        )
+        if row.declared and row.declaration_event_id is not None:
+            declaration = ErrorDeclarationRow(
+                **{name: getattr(row, f"declaration_{name}") for name in DECLARATION_COLUMNS}
+            )
+            declarations.append((to_utc(declaration.declaration_time), event, declaration))
+    for _, event, declaration in sorted(declarations, key=lambda item: item[0]):
+        history.events.append(declare_error(event, declaration_of(declaration)))
+    for part in chunks(sorted(with_releases)):
         releases = await session.exec(
             select(QuarantineReleaseRow).where(col(QuarantineReleaseRow.battery_key).in_(part))
         )

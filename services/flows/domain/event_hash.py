@@ -40,6 +40,7 @@ documents that form); a consumer must not expect it to equal a GS1 hash of an ex
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import urllib.parse
 from collections.abc import Iterable
@@ -126,10 +127,12 @@ def action(step: BizStep) -> str:
     return "OBSERVE"
 
 
+@functools.lru_cache(maxsize=4096)  # a few hundred sites and participants recur in every batch
 def facility_uri(facility_id: str) -> str:
     return f"urn:greenmesh:facility:{_enc(facility_id)}"
 
 
+@functools.lru_cache(maxsize=4096)
 def participant_uri(participant_id: str) -> str:
     return f"urn:greenmesh:participant:{_enc(participant_id)}"
 

@@ -24,6 +24,7 @@ whitespace stripped, upper-cased.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import secrets
 import unicodedata
@@ -71,14 +72,20 @@ class BatteryId:
         The serial is percent-encoded outside ``A-Z a-z 0-9 - . _`` so that ``:`` separates the parts
         unambiguously and the URN is RFC 8141 clean.
         """
-        token = _URN_TOKEN[self.scheme]
-        value = urllib.parse.quote(self.value, safe=_URN_SAFE)
-        if self.scheme is IdentifierScheme.MANUFACTURER_SERIAL:
-            return f"{URN_PREFIX}{token}:{self.namespace}:{value}"
-        return f"{URN_PREFIX}{token}:{value}"
+        return _urn(self.scheme, self.namespace, self.value)
 
     def __str__(self) -> str:
         return self.urn
+
+
+@functools.lru_cache(maxsize=16384)
+def _urn(scheme: IdentifierScheme, namespace: str, value: str) -> str:
+    # Asked for many times per battery during a capture (state keys, links, rows): quote once.
+    token = _URN_TOKEN[scheme]
+    quoted = urllib.parse.quote(value, safe=_URN_SAFE)
+    if scheme is IdentifierScheme.MANUFACTURER_SERIAL:
+        return f"{URN_PREFIX}{token}:{namespace}:{quoted}"
+    return f"{URN_PREFIX}{token}:{quoted}"
 
 
 def parse_urn(urn: str) -> BatteryId:
@@ -209,6 +216,16 @@ SERIAL_MAX: Final = 64
 
 
 def _namespace_violations(namespace: str) -> list[IdentityViolation]:
+    return list(_namespace_violations_cached(namespace))
+
+
+@functools.lru_cache(maxsize=4096)
+def _namespace_violations_cached(namespace: str) -> tuple[IdentityViolation, ...]:
+    # A report names the same few producers' codes thousands of times: check each code once.
+    return tuple(_check_namespace(namespace))
+
+
+def _check_namespace(namespace: str) -> list[IdentityViolation]:
     if not namespace:
         return [
             IdentityViolation(
