@@ -546,7 +546,7 @@ def require_all_accepted(replies: Sequence[bytes], expected: int, what: str) -> 
 async def serve(database_url: str, nats_url: str, data_dir: Path) -> None:
     """Run the real flows runtime until SIGTERM/SIGINT; print `READY <port>` once it listens."""
     from meshkit.logs import configure_logging
-    from meshkit.server import ServiceRuntime
+    from meshkit.server import ServiceRuntime, settle_heap
     from services.flows.service import DEFINITION
 
     configure_logging("flows", "WARNING", "text")
@@ -559,6 +559,7 @@ async def serve(database_url: str, nats_url: str, data_dir: Path) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     port = await runtime.start()
+    settle_heap()  # as ServiceRuntime.run_until_signal does in a service process
     # The benchmark reads this process's memory from /proc/<pid>/status.
     await asyncio.to_thread((data_dir / PID_FILE).write_text, str(os.getpid()), encoding="utf-8")
     print(f"READY {port}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections import defaultdict
@@ -242,6 +243,16 @@ class ServiceRuntime:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await self.start()
+        settle_heap()
         await stop.wait()
         log.info("%s: shutdown requested", self.component.value)
         await self.stop()
+
+
+def settle_heap() -> None:
+    """Once a service process has started: collect, then move every object alive now (modules, descriptors,
+    the ORM's metadata, caches) out of the collector's sight. A full collection otherwise walks those hundreds of
+    thousands of objects each time it runs, a pause of tens of milliseconds in whatever request is in flight.
+    For the one runtime of a process (`run_until_signal`), not for tests that start many in one process."""
+    gc.collect()
+    gc.freeze()
