@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import nats
@@ -22,7 +23,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from meshkit.config import Component, MeshSettings
 from meshkit.subjects import stream_name, stream_subjects
@@ -43,6 +44,133 @@ def messaging_attributes(subject: str, message_id: str | None) -> dict[str, str]
     if message_id:
         attributes["messaging.message.id"] = message_id
     return attributes
+
+
+def producer_headers(headers: Mapping[str, str] | None, message_id: str, context: Context | None) -> dict[str, str]:
+    """The headers sent with a message: the given ones with the trace context of `context` (which holds
+    the PRODUCER span, so consumers become its children) instead of any stored one, and `Nats-Msg-Id`."""
+    carrier: dict[str, str] = {k: v for k, v in (headers or {}).items() if k not in ("traceparent", "tracestate")}
+    propagate.inject(carrier, context=context)
+    carrier[MSG_ID_HEADER] = message_id
+    return carrier
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message of a pipelined window (see `Bus.send_window`)."""
+
+    subject: str
+    payload: bytes
+    message_id: str
+    headers: Mapping[str, str] | None = None
+    parent: Context | None = None
+
+
+class NotSentError(Exception):
+    """A message of a window that was never sent, because an earlier one of the window could not be sent."""
+
+
+class AckTimeoutError(TimeoutError):
+    """No publish acknowledgement arrived in time; the message may or may not be stored."""
+
+
+class _AckWindow:
+    """The outcomes of one sent window, filled in by the ack subscription as the acks arrive."""
+
+    __slots__ = ("complete", "limit", "pending", "results")
+
+    def __init__(self, size: int) -> None:
+        self.results: list[api.PubAck | Exception | None] = [None] * size
+        self.limit = size  # messages from here on were never sent
+        self.pending = size
+        self.complete = asyncio.Event()
+        if size == 0:
+            self.complete.set()
+
+    def settle(self, index: int, outcome: api.PubAck | Exception) -> None:
+        if 0 <= index < self.limit and self.results[index] is None:
+            self.results[index] = outcome
+            self.pending -= 1
+            if self.pending == 0:
+                self.complete.set()
+
+    def stop_at(self, index: int) -> None:
+        """Sending failed at `index`: that message and the later ones will get no ack."""
+        self.pending -= sum(1 for outcome in self.results[index : self.limit] if outcome is None)
+        self.limit = index
+        if self.pending == 0:
+            self.complete.set()
+
+
+def _record_ack(span: Span, ack: api.PubAck) -> None:
+    span.set_attributes({"messaging.nats.stream.sequence": ack.seq, "messaging.nats.duplicate": bool(ack.duplicate)})
+
+
+class SentWindow:
+    """A window sent by `Bus.send_window`; `results()` waits for its acks (until its deadline)."""
+
+    def __init__(self, bus: Bus, window_id: int, size: int, ack_timeout: float) -> None:
+        self.bus = bus
+        self.window_id = window_id
+        self.size = size
+        self.ack_timeout = ack_timeout
+        self.deadline = asyncio.get_running_loop().time() + ack_timeout
+        self.acks = _AckWindow(size)
+        self.spans: list[Span] = []
+        self.send_error: Exception | None = None
+        self.closed = False
+
+    async def results(self) -> list[api.PubAck | Exception]:
+        """One result per message, in order: its `PubAck` or the exception that failed it.
+
+        The message that could not be sent gets its exception and every later one a `NotSentError`.
+        A message whose ack failed or did not arrive before the deadline (`AckTimeoutError`) may be
+        followed by messages that were stored: a caller that keeps order acts only on the acknowledged
+        prefix and sends the rest again (`Nats-Msg-Id` de-duplicates).
+        """
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                await self.acks.complete.wait()
+        except TimeoutError:
+            pass  # the missing acks are reported below
+        except BaseException:
+            self.abandon()
+            raise
+        self._close()
+        results: list[api.PubAck | Exception] = []
+        for index, span in enumerate(self.spans):
+            outcome: api.PubAck | Exception
+            settled = self.acks.results[index]
+            if index == len(self.spans) - 1 and self.send_error is not None:
+                outcome = self.send_error
+            elif settled is None:
+                outcome = AckTimeoutError(f"no publish acknowledgement within {self.ack_timeout}s")
+            else:
+                outcome = settled
+            if isinstance(outcome, api.PubAck):
+                _record_ack(span, outcome)
+            else:
+                span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
+            span.end()
+            results.append(outcome)
+        if len(results) < self.size:
+            reason = type(self.send_error).__name__ if self.send_error is not None else "window timed out"
+            results.extend(
+                NotSentError(f"not sent: an earlier message failed ({reason})") for _ in range(self.size - len(results))
+            )
+        return results
+
+    def abandon(self) -> None:
+        """Stop waiting for the acks; the messages may or may not be stored."""
+        if not self.closed:
+            self._close()
+            for span in self.spans:
+                span.set_status(Status(StatusCode.ERROR, "acknowledgement not awaited"))
+                span.end()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.bus._ack_windows.pop(self.window_id, None)
 
 
 @dataclass
@@ -66,6 +194,11 @@ class Bus:
     _js: JetStreamContext | None = None
     _consumer_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
+    # send_window's acks: one wildcard inbox subscription, and the windows still waiting for acks.
+    _ack_client: NatsClient | None = None
+    _ack_inbox: str | None = None
+    _ack_windows: dict[int, _AckWindow] = field(default_factory=dict)
+    _window_counter: int = 0
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -200,19 +333,94 @@ class Bus:
             kind=SpanKind.PRODUCER,
             attributes=messaging_attributes(subject, message_id),
         ) as span:
-            carrier: dict[str, str] = {
-                k: v for k, v in (headers or {}).items() if k not in ("traceparent", "tracestate")
-            }
-            propagate.inject(carrier)  # the PRODUCER span is current here, so consumers become its children
-            carrier[MSG_ID_HEADER] = message_id
+            # The PRODUCER span is current here, so consumers become its children.
+            carrier = producer_headers(headers, message_id, None)
             try:
                 ack = await self.js.publish(subject, payload, headers=carrier)
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
-            span.set_attribute("messaging.nats.stream.sequence", ack.seq)
-            span.set_attribute("messaging.nats.duplicate", bool(ack.duplicate))
+            _record_ack(span, ack)
             return ack
+
+    async def send_window(self, messages: Sequence[OutgoingMessage], *, ack_timeout: float = 5.0) -> SentWindow:
+        """Send a window of messages pipelined: in order, on the one connection, without waiting for any
+        ack, so the stream stores them in that order (and after any window sent before). The acks are
+        collected by `SentWindow.results()`.
+
+        Sending stops at the first message that cannot be sent (too large for the server, connection
+        closed). Each message is sent inside its own PRODUCER span, a child of its `parent`, and carries
+        that span's trace context, exactly as `publish` does; the span ends when its ack is collected.
+        """
+        if not self.connected:
+            # Fail at once: publishes while disconnected would only wait for their ack timeout.
+            raise nats.errors.ConnectionClosedError
+        client = self.client
+        assert client is not None
+        if self._ack_inbox is None or self._ack_client is not client:
+            # One wildcard subscription for the acks of every window, made once: the client keeps it
+            # across reconnects. Each message's reply subject is <inbox>.<window>_<index>.
+            inbox = client.new_inbox()
+            await client.subscribe(f"{inbox}.*", cb=self._on_ack)
+            self._ack_inbox, self._ack_client = inbox, client
+        self._window_counter += 1
+        window = SentWindow(self, self._window_counter, len(messages), ack_timeout)
+        self._ack_windows[window.window_id] = window.acks
+        reply_prefix = f"{self._ack_inbox}.{window.window_id}_"
+        try:
+            async with asyncio.timeout_at(window.deadline):
+                # No await here yields unless the client's buffer is full, so the window leaves in a
+                # few socket writes rather than one per message.
+                for index, message in enumerate(messages):
+                    span = self.tracer.start_span(
+                        f"send {message.subject}",
+                        context=message.parent,
+                        kind=SpanKind.PRODUCER,
+                        attributes=messaging_attributes(message.subject, message.message_id),
+                    )
+                    window.spans.append(span)
+                    carrier = producer_headers(
+                        message.headers, message.message_id, trace.set_span_in_context(span, message.parent)
+                    )
+                    try:
+                        await client.publish(
+                            message.subject, message.payload, reply=f"{reply_prefix}{index}", headers=carrier
+                        )
+                    except Exception as exc:
+                        window.send_error = exc
+                        window.acks.stop_at(index)
+                        break
+        except TimeoutError:
+            pass  # the client's buffer stayed full: the rest is reported as not sent
+        except BaseException:
+            window.abandon()
+            raise
+        return window
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """A JetStream publish acknowledgement (or error) for a message sent by `send_window`."""
+        window_id, _, index = msg.subject.rpartition(".")[2].partition("_")
+        window = self._ack_windows.get(int(window_id))
+        if window is None:
+            return  # a window that timed out already
+        outcome: api.PubAck | Exception
+        if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
+            outcome = nats.js.errors.NoStreamResponseError()
+        else:
+            try:
+                response = json.loads(msg.data)
+                if "error" in response:
+                    outcome = nats.js.errors.APIError.from_error(response["error"])
+                else:
+                    outcome = api.PubAck(
+                        stream=response["stream"],
+                        seq=response["seq"],
+                        domain=response.get("domain"),
+                        duplicate=response.get("duplicate"),
+                    )
+            except (ValueError, KeyError, TypeError) as exc:
+                outcome = exc
+        window.settle(int(index), outcome)
 
     # -- consuming ------------------------------------------------------------------------------
 

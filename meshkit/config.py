@@ -60,7 +60,7 @@ class MeshSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     db_ping_seconds: float = Field(2.0, gt=0, description="how often readiness checks the database")
     outbox_poll_seconds: float = Field(0.5, gt=0)
-    outbox_batch_size: int = Field(200, ge=1, le=10_000)
+    outbox_batch_size: int = Field(1000, ge=1, le=10_000)  # rows per pipelined publish window
     stream_replicas: int = Field(1, ge=1, le=5)
     stream_max_age_days: float = Field(400.0, gt=0, description="how long JetStream keeps events")
     stream_duplicate_window_seconds: float = Field(600.0, gt=0)

@@ -13,16 +13,21 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from google.protobuf.message import Message
+from nats.js.api import PubAck
 from opentelemetry import propagate
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import update
+from opentelemetry.propagators.textmap import Getter
+from sqlalchemy import Update, update
+from sqlalchemy import select as sa_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, Bus
+from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, Bus, OutgoingMessage, SentWindow
 from meshkit.db import Database
 from meshkit.tables import OutboxEvent, utcnow
 
@@ -58,12 +63,61 @@ def append_event(session: AsyncSession, subject: str, message: Message, *, event
     return row
 
 
+def mark_published(seqs: Sequence[int], now: datetime) -> Update:
+    """One UPDATE marking rows published: by seq range when the seqs are contiguous (then the range
+    holds exactly these rows, seq being the key), else by the list (rows another replica has locked
+    on PostgreSQL, or deleted ones, leave gaps)."""
+    statement = update(OutboxEvent).values(published_at=now)
+    if seqs[-1] - seqs[0] + 1 == len(seqs):
+        return statement.where(col(OutboxEvent.seq).between(seqs[0], seqs[-1]))
+    return statement.where(col(OutboxEvent.seq).in_(seqs))
+
+
+class _HeaderGetter(Getter[Mapping[str, str]]):
+    """`DefaultGetter` for the str-to-str headers stored with an event, without its per-call ABC checks
+    (the relay extracts a parent context from every row it sends)."""
+
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+HEADER_GETTER = _HeaderGetter()
+
+
+@dataclass
+class _Window:
+    """A window of outbox rows being relayed: its open transaction and its sent messages."""
+
+    stack: contextlib.AsyncExitStack
+    session: AsyncSession
+    seqs: list[int]
+    full: bool
+    sent: SentWindow | None = None
+    send_failure: Exception | None = None
+    closed: bool = False
+
+    async def abandon(self) -> None:
+        """Give the window up unmarked (a later window or pass sends its rows again)."""
+        self.closed = True
+        if self.sent is not None:
+            self.sent.abandon()
+        try:
+            await self.stack.aclose()  # nothing was written: this only ends the transaction
+        except Exception:
+            log.warning("outbox relay: ending an abandoned window's transaction failed", exc_info=True)
+
+
 @dataclass
 class OutboxRelay:
     database: Database
     bus: Bus
-    batch_size: int = 200
+    batch_size: int = 1000
     poll_seconds: float = 0.5
+    ack_timeout_seconds: float = 5.0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     published_total: int = 0
     stopping: bool = False
@@ -80,66 +134,134 @@ class OutboxRelay:
             return int(rows.one())
 
     async def publish_pending(self) -> int:
-        """One pass: publish every unpublished row in order, in batches; returns how many were sent.
+        """One pass: publish every unpublished row in seq order, a window of `batch_size` rows at a time;
+        returns how many were published.
 
-        Stops at the first failure so that order is kept; the row's attempt count and error are noted.
+        A window is sent pipelined (every publish before any ack is awaited), and the next window is read
+        and sent while the acks of the previous one come in; both go out in seq order on the one NATS
+        connection, so the stream keeps that order. Each window's acknowledged prefix is marked with one
+        UPDATE. At the first failure the pass stops: that row's attempt count and error are noted and
+        nothing after it is marked; the next pass sends again from it, and JetStream drops the copies
+        of rows already stored (`Nats-Msg-Id`).
         """
-        sent = 0
-        while True:
-            published_now = await self._publish_batch()
-            sent += published_now
-            if published_now < self.batch_size:
-                return sent
-
-    async def _publish_batch(self) -> int:
         # The relay's own SQL is not traced: it polls, and each poll would otherwise be a trace of its own.
         with suppress_instrumentation():
-            return await self._publish_batch_untraced()
+            return await self._publish_pending_untraced()
 
-    async def _publish_batch_untraced(self) -> int:
-        async with self.database.transaction() as session:
+    async def _publish_pending_untraced(self) -> int:
+        published = 0
+        after: int | None = None
+        in_flight: _Window | None = None
+        following: _Window | None = None
+        try:
+            while True:
+                # A window that failed to send must not be overtaken: nothing after it goes out.
+                if in_flight is None or (in_flight.full and in_flight.send_failure is None):
+                    following = await self._open_window(after)
+                    if following is not None:
+                        after = following.seqs[-1]
+                if in_flight is not None:
+                    published += await self._settle(in_flight)
+                if following is None:
+                    return published
+                in_flight, following = following, None
+        finally:
+            for window in (in_flight, following):
+                if window is not None and not window.closed:
+                    await window.abandon()
+
+    async def _open_window(self, after: int | None) -> _Window | None:
+        """Read the next window of unpublished rows (seq > after) and send it; its transaction stays
+        open until `_settle` marks it (on PostgreSQL it holds the rows' locks against other replicas)."""
+        stack = contextlib.AsyncExitStack()
+        session = await stack.enter_async_context(self.database.transaction())
+        try:
+            # Plain Core rows of the columns the relay sends: no ORM objects to build for a window.
             query = (
-                select(OutboxEvent)
-                .where(col(OutboxEvent.published_at).is_(None))
+                sa_select(
+                    col(OutboxEvent.seq),
+                    col(OutboxEvent.event_id),
+                    col(OutboxEvent.subject),
+                    col(OutboxEvent.payload),
+                    col(OutboxEvent.headers_json),
+                )
+                .where(col(OutboxEvent.published_at).is_(None))  # served by ix_outbox_event_unpublished
                 .order_by(col(OutboxEvent.seq))
                 .limit(self.batch_size)
             )
+            if after is not None:
+                query = query.where(col(OutboxEvent.seq) > after)
             if self.database.is_postgres:
                 # Several replicas may relay at once; each takes rows the others have not locked.
                 query = query.with_for_update(skip_locked=True)
-            rows = list((await session.exec(query)).all())
+            connection = await session.connection()
+            rows = (await connection.execute(query)).all()
             if not rows:
-                return 0
-            published: list[int] = []
-            failure: tuple[int, str] | None = None
-            for row in rows:
-                headers: dict[str, str] = json.loads(row.headers_json)
-                parent = propagate.extract(headers)
-                try:
-                    await self.bus.publish(
-                        row.subject, row.payload, message_id=row.event_id, headers=headers, parent=parent
+                await stack.aclose()
+                return None
+            seqs: list[int] = []
+            messages: list[OutgoingMessage] = []
+            for seq, event_id, subject, payload, headers_json in rows:
+                headers: dict[str, str] = json.loads(headers_json)
+                seqs.append(seq)
+                messages.append(
+                    OutgoingMessage(
+                        subject,
+                        payload,
+                        message_id=event_id,
+                        headers=headers,
+                        parent=propagate.extract(headers, getter=HEADER_GETTER),
                     )
-                except Exception as exc:
-                    assert row.seq is not None
-                    failure = (row.seq, f"{type(exc).__name__}: {exc}"[:500])
-                    break
-                assert row.seq is not None
-                published.append(row.seq)
-            now = utcnow()
+                )
+            window = _Window(stack, session, seqs, full=len(rows) == self.batch_size)
+            try:
+                window.sent = await self.bus.send_window(messages, ack_timeout=self.ack_timeout_seconds)
+            except Exception as exc:  # nothing was sent (NATS is down)
+                window.send_failure = exc
+            else:
+                window.send_failure = window.sent.send_error
+            return window
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def _settle(self, window: _Window) -> int:
+        """Wait for a window's acks, mark its acknowledged prefix and note the first failure; commit."""
+        failure: str | None = None
+        try:
+            results: list[PubAck | Exception]
+            if window.sent is None:
+                assert window.send_failure is not None
+                results = [window.send_failure]
+            else:
+                results = await window.sent.results()
+            # Only the acknowledged prefix is marked: the rows from the first failure on are sent again
+            # on the next pass, in order, and JetStream drops the copies of any that were stored.
+            published = 0
+            while published < len(results) and isinstance(results[published], PubAck):
+                published += 1
             if published:
-                await session.exec(
-                    update(OutboxEvent).where(col(OutboxEvent.seq).in_(published)).values(published_at=now)
-                )
-            if failure is not None:
-                await session.exec(
+                await window.session.exec(mark_published(window.seqs[:published], utcnow()))
+            if published < len(window.seqs):
+                error = results[published]
+                failure = f"{type(error).__name__}: {error}"[:500]
+                await window.session.exec(
                     update(OutboxEvent)
-                    .where(col(OutboxEvent.seq) == failure[0])
-                    .values(attempts=OutboxEvent.attempts + 1, last_error=failure[1])
+                    .where(col(OutboxEvent.seq) == window.seqs[published])
+                    .values(attempts=OutboxEvent.attempts + 1, last_error=failure)
                 )
-        self.published_total += len(published)
+        except BaseException as exc:  # cancelled, or the database failed: roll back, nothing is marked
+            window.closed = True
+            if window.sent is not None:
+                window.sent.abandon()
+            await window.stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        window.closed = True
+        await window.stack.aclose()  # commits
+        self.published_total += published
         if failure is not None:
-            raise OutboxPublishError(failure[1])
-        return len(published)
+            raise OutboxPublishError(failure)
+        return published
 
     async def run(self) -> None:
         """Relay forever: publish on notify or every poll interval; back off while NATS is down."""
