@@ -1,12 +1,12 @@
-"""`greenmesh energy import-readings FILE.csv`: stream a CSV of meter readings to the energy service's
-`UploadReadings`.
+"""`greenmesh energy import-readings FILE.csv`: stream a CSV of meter readings (and of independent series' values)
+to the energy service's `UploadReadings`.
 
 The file is read twice, one row at a time: a first pass counts the rows (and finds a bad header or encoding before
-anything is sent); the second parses each row and gathers consecutive rows of one meter into batches of up to
-5,000 readings, each written to the client stream at once. The service judges and stores each batch in its own
-transaction (a refused batch stores nothing; the others are stored); the summary names refused batches by their
-readings, which the CLI maps back to CSV line numbers. Re-importing a file changes nothing: readings are upserted
-on (meter, start, end).
+anything is sent); the second parses each row and gathers consecutive rows of one meter (or one independent
+series) into batches of up to 5,000 readings, each written to the client stream at once. The service judges and
+stores each batch in its own transaction (a refused batch stores nothing; the others are stored); the summary names
+refused batches by their readings, which the CLI maps back to CSV line numbers. Re-importing a file changes
+nothing: readings are upserted on (meter or series, start, end).
 """
 
 from __future__ import annotations
@@ -35,25 +35,27 @@ from meshkit.grpc_options import CHANNEL_OPTIONS
 
 BATCH: Final = 5_000
 MAX_ERRORS_SHOWN: Final = 50
-COLUMNS: Final = ("meter_id", "start", "end", "value", "estimated")
+COLUMNS: Final = ("meter_id", "series_id", "start", "end", "value", "estimated")
 REQUIRED: Final = ("start", "end", "value")
 TRUE_WORDS: Final = frozenset({"true", "1", "yes", "是"})
 FALSE_WORDS: Final = frozenset({"false", "0", "no", "否", ""})
 _READING_FIELD = re.compile(r"^readings\[(\d+)\](?:\.(\w+))?$")
 
 IMPORT_HELP: Final = (
-    "Import meter readings from a CSV file into the energy service, streaming them in batches.\n\n"
+    "Import meter readings (and independent series' values) from a CSV file into the energy service, streaming "
+    "them in batches.\n\n"
     "The file is UTF-8 (a BOM is fine) with a header row naming these columns, in any order:\n\n"
-    "- meter_id: the meter (required unless --meter is given)\n"
+    "- meter_id: the meter (required unless --meter is given), or\n"
+    "- series_id: an independent series (outdoor temperature, traffic…): the row is one of its values\n"
     "- start [bold]*[/bold], end [bold]*[/bold]: the interval, ISO 8601 such as 2026-01-01T00:15:00+08:00 "
     "(whole seconds; without an offset the --timezone applies)\n"
-    "- value [bold]*[/bold]: in the meter's unit\n"
+    "- value [bold]*[/bold]: in the meter's (or series') unit\n"
     "- estimated: true/false, 1/0, yes/no or 是/否; empty means false\n\n"
-    "Consecutive rows of one meter travel in batches of up to 5,000; the service stores each batch in one "
+    "Consecutive rows of one meter or series travel in batches of up to 5,000; the service stores each batch in one "
     "transaction, so a batch with a bad row (an overlap, a negative energy, a wrong interval length) is refused "
     "whole and reported by CSV line, and the others are stored. Re-importing a file is safe: readings are upserted "
-    "on (meter, start, end) and identical ones change nothing. Exit status: 0 when nothing was refused, 1 when "
-    "some rows were, 2 when the file or the service could not be used.\n\n"
+    "on (meter or series, start, end) and identical ones change nothing. Exit status: 0 when nothing was refused, "
+    "1 when some rows were, 2 when the file or the service could not be used.\n\n"
     "The service is --energy, else the running mesh's .greenmesh/mesh.json, else GREENMESH_ENERGY_ADDR; the CLI "
     "calls it as the local platform operator (--as-participant)."
 )
@@ -110,7 +112,7 @@ def read_records(path: Path, *, meter_given: bool) -> Iterator[tuple[int, dict[s
                 raise ImportProblem(
                     f"{path}: unknown column(s) {', '.join(unknown)}; the columns are {', '.join(COLUMNS)}"
                 )
-            wanted = [*REQUIRED, *([] if meter_given else ["meter_id"])]
+            wanted = [*REQUIRED, *([] if meter_given or "series_id" in header else ["meter_id"])]
             missing = [name for name in wanted if name not in header]
             if missing:
                 raise ImportProblem(f"{path}: the header lacks the required column(s) {', '.join(missing)}")
@@ -143,14 +145,22 @@ def _moment(text: str, column: str, zone: dt.tzinfo, errors: list[str]) -> Times
     return Timestamp(seconds=int(moment.timestamp()))
 
 
+Owner = tuple[str, str]
+"""("meter_id" or "series_id", the id): what a row's value belongs to."""
+
+
 def parse_record(
     line: int, record: dict[str, str], meter: str | None, zone: dt.tzinfo
-) -> tuple[str, pb.Reading] | list[RowError]:
-    """(meter id, reading) of one row, or its errors."""
+) -> tuple[Owner, pb.Reading] | list[RowError]:
+    """(owner, reading) of one row, or its errors."""
     problems: list[str] = []
-    meter_id = record.get("meter_id") or meter or ""
-    if not meter_id:
-        problems.append("meter_id|required (or --meter)")
+    series_id = record.get("series_id", "")
+    meter_id = record.get("meter_id") or ("" if series_id else meter or "")
+    owner: Owner = ("series_id", series_id) if series_id else ("meter_id", meter_id)
+    if meter_id and series_id:
+        problems.append("series_id|a row names a meter_id or a series_id, not both")
+    elif not meter_id and not series_id:
+        problems.append("meter_id|required (or series_id, or --meter)")
     for column in REQUIRED:
         if not record.get(column):
             problems.append(f"{column}|required")
@@ -169,7 +179,7 @@ def parse_record(
         problems.append(f"estimated|{estimated_text!r} is not one of true/false, 1/0, yes/no, 是/否")
     if problems or start is None or end is None:
         return [RowError(line, *problem.split("|", 1)) for problem in problems]
-    return meter_id, pb.Reading(start_time=start, end_time=end, value=value, estimated=estimated_text in TRUE_WORDS)
+    return owner, pb.Reading(start_time=start, end_time=end, value=value, estimated=estimated_text in TRUE_WORDS)
 
 
 async def import_file(
@@ -192,6 +202,7 @@ async def import_file(
             raise ImportProblem(f"no energy service answers at {target} (waited {connect_timeout:g} s)") from None
         call = energy_pb2_grpc.EnergyServiceStub(channel).UploadReadings(metadata=caller.metadata())
         pending = pb.UploadReadingsRequest()
+        pending_owner: Owner | None = None
         lines: list[int] = []
 
         async def flush() -> None:
@@ -210,10 +221,11 @@ async def import_file(
                     report.rejected_locally += 1
                     report.errors.extend(parsed)
                 else:
-                    meter_id, reading = parsed
-                    if lines and (pending.meter_id != meter_id or len(lines) >= BATCH):
+                    owner, reading = parsed
+                    if lines and (pending_owner != owner or len(lines) >= BATCH):
                         await flush()
-                    pending.meter_id = meter_id
+                    pending_owner = owner
+                    setattr(pending, owner[0], owner[1])
                     pending.readings.append(reading)
                     lines.append(line)
                 if on_row is not None:
@@ -242,8 +254,8 @@ async def import_file(
                 column = {"start_time": "start", "end_time": "end"}.get(found.group(2) or "", found.group(2) or "(row)")
                 report.errors.append(RowError(batch_lines[int(found.group(1))], column, violation.description))
                 named = True
-            elif violation.field == "meter_id":
-                report.errors.append(RowError(batch_lines[0], "meter_id", violation.description))
+            elif violation.field in ("meter_id", "series_id"):
+                report.errors.append(RowError(batch_lines[0], violation.field, violation.description))
                 named = True
         if not named:
             report.errors.append(RowError(batch_lines[0], "(batch)", f"{problem.code}: {problem.message}"))

@@ -1,20 +1,21 @@
-"""Savings evaluations from stored readings: the plan's series aligned to its interval, the domain's IPMVP
+"""Savings evaluations from stored readings: the plan's series aggregated to its slots, the domain's IPMVP
 evaluation over them, and the versioned record (draft → verified, corrections as new versions).
 
-Alignment (:func:`align`): a reading counts towards the slot ``(start - period.start) // interval`` when it lies
-wholly inside that slot; a slot is complete when the readings in it cover it exactly (every meter interval of it
-present). Energy and volume meters contribute their interval amounts (``consumption``: the value of an INTERVAL
-meter, the register delta of a CUMULATIVE one), summed; the other quantities their time-weighted mean. The boundary
-energy is the sum of the plan's energy meters in kWh; a slot any of them misses is missing (NaN), and the domain
-counts it against coverage. numpy does the alignment: a year of 15-minute readings is a few bincounts.
+Aggregation (:func:`align`): the slots are those of the plan (:func:`services.energy.plans.slot_edges`: a fixed
+interval from 00:00 UTC+8, or calendar months). A reading counts towards the slot its start falls in when it lies
+wholly inside that slot; a slot is complete when the readings in it cover it exactly (every reading of it
+present), and a slot any source misses is missing (NaN), which the domain counts against coverage. Readings are
+aggregated before the regression, so 15-minute readings make hourly, daily or monthly points. Energy and volume
+meters contribute their interval amounts (``consumption``: the value of an INTERVAL meter, the register delta of a
+CUMULATIVE one), summed; the other quantities their time-weighted mean. Independent series contribute by their
+aggregation (SUM or MEAN). The boundary energy is the sum of the plan's energy meters in kWh. numpy does the
+alignment: a year of 15-minute readings is a few bincounts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -27,21 +28,20 @@ from services.energy.domain.readings import MeterQuantity, Period
 from services.energy.domain.savings import (
     AcceptanceThresholds,
     AvoidedEnergy,
-    BaselineModel,
     CriterionResult,
     Evaluation,
     EvaluationStatus,
-    IpmvpOption,
-    Measure,
     MeasureType,
-    MvPlan,
     NonRoutineAdjustment,
+    NormalisedResult,
+    NormalisedSavings,
     SavingsResult,
     SavingsUncertainty,
     SeriesData,
     SufficiencyVerdict,
     evaluate_savings,
 )
+from services.energy.domain.series import Aggregation
 from services.energy.domain.units import Unit
 from services.energy.mapping import (
     CRITERIA,
@@ -50,112 +50,127 @@ from services.energy.mapping import (
     MEASURE_TYPES,
     NMBE_CONVENTIONS,
     PERIOD_ROLES,
+    model_from_proto,
     moment_to_proto,
     savings_result_to_proto,
     utc,
 )
-from services.energy.tables import EvaluationRow, MeasureRow, MeterRow, MvPlanRow
+from services.energy.plans import CheckedPlan, Source, slot_edges
+from services.energy.tables import EvaluationRow, IndependentSeriesRow, MeterRow
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def fixed_edges(period: tuple[int, int], interval_s: int) -> npt.NDArray[np.int64]:
+    """Boundaries of the whole ``interval_s`` slots of ``period`` (Unix seconds), from its start."""
+    p0, p1 = period
+    return p0 + interval_s * np.arange(max((p1 - p0) // interval_s, 0) + 1, dtype=np.int64)
 
 
 def align(
     starts: Sequence[int],
     ends: Sequence[int],
     values: Sequence[float | None],
-    period: tuple[int, int],
-    interval_s: int,
+    edges: Sequence[int] | npt.NDArray[np.int64],
     *,
     summed: bool,
 ) -> FloatArray:
-    """One value per slot of ``period`` (NaN where the slot is not covered completely); see the module doc."""
-    p0, p1 = period
-    slots = (p1 - p0) // interval_s
+    """One value per slot between consecutive ``edges`` (NaN where the slot is not covered completely): the sum of
+    the readings inside it, or their time-weighted mean; see the module doc."""
+    bounds = np.asarray(edges, dtype=np.int64)
+    slots = max(bounds.size - 1, 0)
     result = np.full(slots, np.nan)
-    if not starts or slots <= 0:
+    if not len(starts) or slots == 0:
         return result
     s = np.asarray(starts, dtype=np.int64)
     e = np.asarray(ends, dtype=np.int64)
     v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
-    slot = (s - p0) // interval_s
-    keep = (s >= p0) & (e <= p0 + slots * interval_s) & ((e - 1 - p0) // interval_s == slot) & np.isfinite(v)
+    slot = np.searchsorted(bounds, s, side="right") - 1
+    inside = (slot >= 0) & (slot < slots)
+    slot = np.clip(slot, 0, slots - 1)
+    keep = inside & (e <= bounds[slot + 1]) & (e > s) & np.isfinite(v)
     slot, s, e, v = slot[keep], s[keep], e[keep], v[keep]
     length = (e - s).astype(np.float64)
     covered = np.bincount(slot, weights=length, minlength=slots)
     amount = np.bincount(slot, weights=v if summed else v * length, minlength=slots)
-    complete = covered == interval_s
-    result[complete] = amount[complete] if summed else amount[complete] / interval_s
+    span = np.diff(bounds).astype(np.float64)
+    complete = covered == span
+    result[complete] = amount[complete] if summed else amount[complete] / span[complete]
     return result
-
-
-@dataclass(frozen=True)
-class PlanInputs:
-    plan: MvPlan
-    measure: Measure
-    energy_meter_ids: tuple[str, ...]
-    variable_meters: tuple[tuple[str, str], ...]  # (name, meter_id)
-
-
-def plan_inputs(plan: MvPlanRow, measure: MeasureRow) -> PlanInputs:
-    variables = tuple((str(n), str(m)) for n, m in json.loads(plan.variables_json))
-    domain_plan = MvPlan(
-        option=IpmvpOption(plan.option),
-        measurement_boundary=tuple(i for i in plan.boundary.split(",") if i),
-        baseline_period=Period(utc(plan.baseline_start), utc(plan.baseline_end)),
-        reporting_period=Period(utc(plan.reporting_start), utc(plan.reporting_end)),
-        interval=dt.timedelta(seconds=plan.interval_s),
-        independent_variables=tuple(n for n, _ in variables),
-        confidence=plan.confidence,
-    )
-    domain_measure = Measure(
-        measure_id=measure.measure_id,
-        measure_type=MeasureType(measure.measure_type),
-        installation=Period(utc(measure.installation_start), utc(measure.installation_end)),
-        asset_ids=tuple(i for i in measure.asset_ids.split(",") if i),
-    )
-    return PlanInputs(domain_plan, domain_measure, tuple(i for i in plan.energy_meter_ids.split(",") if i), variables)
 
 
 def _span(period: Period) -> tuple[int, int]:
     return int(period.start.timestamp()), int(period.end.timestamp())
 
 
-async def period_series(
-    session: AsyncSession, inputs: PlanInputs, meters: Mapping[str, MeterRow], period: Period
-) -> SeriesData:
-    span = _span(period)
-    interval = int(inputs.plan.interval.total_seconds())
-    ids = {*inputs.energy_meter_ids, *(m for _, m in inputs.variable_meters)}
-    data = await store.series(session, sorted(ids), *span)
+class Sources:
+    """The meters and independent series a plan reads, by id."""
+
+    def __init__(self, meters: Mapping[str, MeterRow], series: Mapping[str, IndependentSeriesRow]) -> None:
+        self.meters, self.series = meters, series
+
+    @classmethod
+    async def of(cls, session: AsyncSession, plan: CheckedPlan) -> Sources:
+        wanted = [*plan.variables, *plan.normal_variables]
+        meters = await store.meters(session, {*plan.energy_meter_ids, *(s.meter_id for s in wanted if s.meter_id)})
+        series = await store.independent_series_many(session, {s.series_id for s in wanted if s.series_id})
+        return cls(meters, series)
+
+
+async def variable_series(
+    session: AsyncSession, sources: Sources, variables: Sequence[Source], edges: npt.NDArray[np.int64]
+) -> dict[str, FloatArray]:
+    """Each variable aggregated to the slots between ``edges``."""
+    span = (int(edges[0]), int(edges[-1]))
+    meter_data = await store.series(session, sorted({v.meter_id for v in variables if v.meter_id}), *span)
+    series_data = await store.series(
+        session, sorted({v.series_id for v in variables if v.series_id}), *span, source=store.SERIES_VALUE
+    )
+    found: dict[str, FloatArray] = {}
+    for variable in variables:
+        if variable.meter_id:
+            starts, ends, values, consumptions, _ = meter_data[variable.meter_id]
+            integrated = MeterQuantity(sources.meters[variable.meter_id].quantity).integrated
+            found[variable.name] = align(starts, ends, consumptions if integrated else values, edges, summed=integrated)
+        else:
+            starts, ends, values, _, _ = series_data[variable.series_id]
+            summed = sources.series[variable.series_id].aggregation == Aggregation.SUM.value
+            found[variable.name] = align(starts, ends, values, edges, summed=summed)
+    return found
+
+
+async def period_series(session: AsyncSession, plan: CheckedPlan, sources: Sources, period: Period) -> SeriesData:
+    """The boundary energy (kWh) and every variable over the slots of ``period``."""
+    edges = slot_edges(period, plan.interval_s)
+    data = await store.series(session, sorted(set(plan.energy_meter_ids)), int(edges[0]), int(edges[-1]))
     energy: FloatArray | None = None
-    for meter_id in inputs.energy_meter_ids:
+    for meter_id in plan.energy_meter_ids:
         starts, ends, _, consumptions, _ = data[meter_id]
-        factor = Unit(meters[meter_id].unit).factor  # into kWh
-        aligned = align(starts, ends, consumptions, span, interval, summed=True) * factor
+        factor = Unit(sources.meters[meter_id].unit).factor  # into kWh
+        aligned = align(starts, ends, consumptions, edges, summed=True) * factor
         energy = aligned if energy is None else energy + aligned  # NaN in any meter leaves the slot missing
     assert energy is not None
-    variables: dict[str, FloatArray] = {}
-    for name, meter_id in inputs.variable_meters:
-        starts, ends, values, consumptions, _ = data[meter_id]
-        integrated = MeterQuantity(meters[meter_id].quantity).integrated
-        variables[name] = align(starts, ends, consumptions if integrated else values, span, interval, summed=integrated)
-    return SeriesData(energy=energy, variables=variables)
+    return SeriesData(energy=energy, variables=await variable_series(session, sources, plan.variables, edges))
 
 
 async def compute(
-    session: AsyncSession,
-    inputs: PlanInputs,
-    meters: Mapping[str, MeterRow],
-    adjustments: Sequence[NonRoutineAdjustment],
+    session: AsyncSession, plan: CheckedPlan, adjustments: Sequence[NonRoutineAdjustment]
 ) -> SavingsResult:
-    baseline = await period_series(session, inputs, meters, inputs.plan.baseline_period)
-    reporting = await period_series(session, inputs, meters, inputs.plan.reporting_period)
+    sources = await Sources.of(session, plan)
+    baseline = await period_series(session, plan, sources, plan.plan.baseline_period)
+    reporting = await period_series(session, plan, sources, plan.plan.reporting_period)
     if not np.isfinite(np.asarray(baseline.energy)).any():
         raise FailedPrecondition(
             "the baseline period holds no complete interval of the boundary's energy meters",
             reason="NO_BASELINE_DATA",
         )
-    return evaluate_savings(inputs.plan, inputs.measure, baseline, reporting, adjustments=adjustments)
+    normal = None
+    if plan.plan.normal_period is not None:
+        edges = slot_edges(plan.plan.normal_period, plan.interval_s)
+        normal = await variable_series(session, sources, plan.normal_variables, edges)
+    return evaluate_savings(
+        plan.plan, plan.measure, baseline, reporting, adjustments=adjustments, normal_conditions=normal
+    )
 
 
 # ---- the stored record -----------------------------------------------------------------------------------------
@@ -179,28 +194,10 @@ def savings_result_from_proto(message: pb.SavingsResult) -> SavingsResult:
         criteria.append(CriterionResult(criterion, role, _opt(c, "value"), c.threshold, c.passed))
     return SavingsResult(
         option=option,
-        baseline_period=Period(
-            message.baseline_period.start_time.ToDatetime(tzinfo=dt.UTC),
-            message.baseline_period.end_time.ToDatetime(tzinfo=dt.UTC),
-        ),
-        reporting_period=Period(
-            message.reporting_period.start_time.ToDatetime(tzinfo=dt.UTC),
-            message.reporting_period.end_time.ToDatetime(tzinfo=dt.UTC),
-        ),
+        baseline_period=_period_of(message.baseline_period),
+        reporting_period=_period_of(message.reporting_period),
         variables=tuple(message.variables),
-        model=BaselineModel(
-            variables=tuple(m.variables),
-            intercept=m.intercept,
-            coefficients=tuple(m.coefficients),
-            n=m.n,
-            r_squared=m.r_squared,
-            adjusted_r_squared=m.adjusted_r_squared,
-            cv_rmse=m.cv_rmse,
-            nmbe=m.nmbe,
-            mean_observed=m.mean_observed,
-            rho1=m.rho1,
-            n_prime=m.n_prime,
-        ),
+        model=model_from_proto(m),
         avoided=AvoidedEnergy(
             message.adjusted_baseline_kwh, message.reporting_kwh, message.non_routine_kwh, message.reporting_points
         ),
@@ -226,6 +223,21 @@ def savings_result_from_proto(message: pb.SavingsResult) -> SavingsResult:
         ),
         nmbe_convention=convention,
         cv_rmse_variant=message.cv_rmse_variant,
+        normalised=normalised_from_proto(message.normalised) if message.HasField("normalised") else None,
+    )
+
+
+def _period_of(message: pb.Period) -> Period:
+    return Period(message.start_time.ToDatetime(tzinfo=dt.UTC), message.end_time.ToDatetime(tzinfo=dt.UTC))
+
+
+def normalised_from_proto(message: pb.NormalisedSavings) -> NormalisedResult:
+    return NormalisedResult(
+        period=_period_of(message.normal_period),
+        reporting_model=model_from_proto(message.reporting_model),
+        savings=NormalisedSavings(message.baseline_kwh, message.reporting_kwh),
+        points=message.points,
+        coverage=message.coverage,
     )
 
 

@@ -56,6 +56,8 @@ def efficiency_drift_detected(
     site_id: str,
     windows: list[pb.EfficiencyWindow],
     threshold_pp: float,
+    input_meter_ids: list[str],
+    output_meter_ids: list[str],
 ) -> None:
     metadata = _metadata(settings, pb.EfficiencyDriftDetected)
     event = pb.EfficiencyDriftDetected(
@@ -65,5 +67,7 @@ def efficiency_drift_detected(
         site_id=site_id,
         windows=windows,
         threshold_pp=threshold_pp,
+        input_meter_ids=input_meter_ids,
+        output_meter_ids=output_meter_ids,
     )
     _append(session, settings, event, metadata)

@@ -258,6 +258,68 @@ class DriftRun:
     worst_drift_pp: float
 
 
+def drift_meters(
+    meters: Sequence[MeterRow], asset_id: str, input_ids: Sequence[str], output_ids: Sequence[str]
+) -> tuple[list[MeterRow], list[MeterRow]]:
+    """The INPUT and OUTPUT energy meters an efficiency compares: those named (each must be an energy meter of the
+    asset in that role, named once), else every one of the role, summed (the catalogue curve describes the whole
+    unit: a dual-feed UPS has two input meters and either alone would understate its input). All of them must
+    share one interval, as an interval counts only when every meter has it."""
+    energy = {m.meter_id: m for m in meters if _energy_meter(m)}
+    chosen: dict[str, list[MeterRow]] = {}
+    found: list[FieldViolation] = []
+    for field, role, named in (
+        ("input_meter_ids", MeterRole.INPUT, input_ids),
+        ("output_meter_ids", MeterRole.OUTPUT, output_ids),
+    ):
+        if not named:
+            chosen[field] = sorted((m for m in energy.values() if m.role == role.value), key=lambda m: m.meter_id)
+            continue
+        rows: list[MeterRow] = []
+        for i, meter_id in enumerate(named):
+            row = energy.get(meter_id)
+            if row is None or row.role != role.value:
+                found.append(FieldViolation(f"{field}[{i}]", f"not an {role.value} energy meter of the asset"))
+            elif row in rows:
+                found.append(FieldViolation(f"{field}[{i}]", "named twice"))
+            else:
+                rows.append(row)
+        chosen[field] = rows
+    if found:
+        raise InvalidArgument(found)
+    inputs, outputs = chosen["input_meter_ids"], chosen["output_meter_ids"]
+    if not inputs or not outputs:
+        raise FailedPrecondition(
+            "efficiency needs an INPUT and an OUTPUT energy meter on the asset", reason="EFFICIENCY_METERS_MISSING",
+            metadata={"asset_id": asset_id},
+        )  # fmt: skip
+    intervals = {m.interval_s for m in (*inputs, *outputs)}
+    if len(intervals) > 1:
+        description = (
+            "the meters compared have different intervals ("
+            + ", ".join(f"{m.meter_id}: {m.interval_s or 'irregular'} s" for m in (*inputs, *outputs))
+            + "); an interval counts only when every meter has it"
+        )
+        if input_ids or output_ids:
+            raise InvalidArgument([FieldViolation("input_meter_ids" if input_ids else "output_meter_ids", description)])
+        raise FailedPrecondition(
+            description + "; name meters of one interval", reason="METER_INTERVALS_DIFFER",
+            metadata={"asset_id": asset_id},
+        )  # fmt: skip
+    return inputs, outputs
+
+
+def _summed(data: dict[str, store.Columns], rows: Sequence[MeterRow]) -> dict[tuple[int, int], float]:
+    """kWh per (start, end) summed over ``rows``, for the intervals every one of them has."""
+    total: dict[tuple[int, int], float] = {}
+    for index, row in enumerate(rows):
+        factor = Unit(row.unit).factor
+        starts, ends, _, consumptions, _ = data[row.meter_id]
+        mine = {(s, e): c * factor for s, e, c in zip(starts, ends, consumptions, strict=True) if c is not None}
+        total = mine if index == 0 else {k: v + mine[k] for k, v in total.items() if k in mine}
+    return total
+
+
 async def efficiency_drift_of(
     session: AsyncSession,
     asset: AssetRow,
@@ -268,6 +330,8 @@ async def efficiency_drift_of(
     threshold_pp: float,
     consecutive: int,
     power_factor: float,
+    input_ids: Sequence[str] = (),
+    output_ids: Sequence[str] = (),
 ) -> DriftRun:
     curve = curve_of(entry)
     if curve is None:
@@ -275,14 +339,8 @@ async def efficiency_drift_of(
             "the asset's catalogue entry has no efficiency curve", reason="NO_EFFICIENCY_CURVE",
             metadata={"asset_id": asset.asset_id},
         )  # fmt: skip
-    meters = [m for m in await store.asset_meters(session, asset.asset_id) if _energy_meter(m)]
-    inputs = sorted((m for m in meters if m.role == MeterRole.INPUT.value), key=lambda m: m.meter_id)
-    outputs = sorted((m for m in meters if m.role == MeterRole.OUTPUT.value), key=lambda m: m.meter_id)
-    if not inputs or not outputs:
-        raise FailedPrecondition(
-            "efficiency needs an INPUT and an OUTPUT energy meter on the asset", reason="EFFICIENCY_METERS_MISSING",
-            metadata={"asset_id": asset.asset_id},
-        )  # fmt: skip
+    meters = await store.asset_meters(session, asset.asset_id)
+    inputs, outputs = drift_meters(meters, asset.asset_id, input_ids, output_ids)
     rated = rated_of(asset)
     if rated.dimension is Dimension.POWER:
         rated_kw = rated.value_in(Unit.KW)
@@ -293,22 +351,12 @@ async def efficiency_drift_of(
             f"the asset is rated in {rated.unit.symbol}; a load fraction needs kW or kVA",
             reason="RATING_NOT_POWER", metadata={"asset_id": asset.asset_id},
         )  # fmt: skip
-    meter_in, meter_out = inputs[0], outputs[0]
     start_s, end_s = seconds(period.start), seconds(period.end)
-    data = await store.series(session, [meter_in.meter_id, meter_out.meter_id], start_s, end_s)
-    factor_in, factor_out = Unit(meter_in.unit).factor, Unit(meter_out.unit).factor
-    outputs_by_key = {
-        (s, e): c
-        for s, e, c in zip(
-            data[meter_out.meter_id][0], data[meter_out.meter_id][1], data[meter_out.meter_id][3], strict=True
-        )
-        if c is not None
-    }
-    pairs: list[tuple[int, int, float, float]] = []  # start, end, kWh in, kWh out
-    for s, e, c in zip(data[meter_in.meter_id][0], data[meter_in.meter_id][1], data[meter_in.meter_id][3], strict=True):
-        out = outputs_by_key.get((s, e))
-        if c is not None and out is not None:
-            pairs.append((s, e, c * factor_in, out * factor_out))
+    data = await store.series(session, [m.meter_id for m in (*inputs, *outputs)], start_s, end_s)
+    energy_in, energy_out = _summed(data, inputs), _summed(data, outputs)
+    pairs: list[tuple[int, int, float, float]] = [  # start, end, kWh in, kWh out
+        (s, e, kwh, energy_out[(s, e)]) for (s, e), kwh in sorted(energy_in.items()) if (s, e) in energy_out
+    ]
     excluded = await _excluded(session, asset.asset_id, [p[0] for p in pairs], [p[1] for p in pairs], Figure.EFFICIENCY)
     step = int(window.total_seconds())
     windows: list[pb.EfficiencyWindow] = []
@@ -363,6 +411,8 @@ async def efficiency_drift_of(
         threshold_pp=threshold_pp,
         consecutive_windows=consecutive,
         alert=alert,
+        input_meter_ids=[m.meter_id for m in inputs],
+        output_meter_ids=[m.meter_id for m in outputs],
     )
     worst = min((w.drift_pp for w in tail), default=0.0)
     return DriftRun(response, tail, seconds_of_window_end(windows[-1]) if windows else end_s, worst)

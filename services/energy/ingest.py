@@ -2,9 +2,11 @@
 quality flags, the idempotent upsert plan) against what is stored around it, and write it in the caller's
 transaction with one executemany upsert.
 
-A batch is one meter's readings. It reads two small ranges (the readings just before the batch, for the stuck run
-and the cumulative delta, and those starting inside its span, for overlaps and the upsert plan), never the whole
-history. Re-sending the same readings classifies them all as unchanged and writes nothing.
+A batch is one meter's readings, or one independent series' values (judged as the readings of the meter
+:func:`~services.energy.domain.series.as_meter_spec` describes, stored in their own table). It reads two small
+ranges (the readings just before the batch, for the stuck run and the cumulative delta, and those starting inside
+its span, for overlaps and the upsert plan), never the whole history. Re-sending the same readings classifies them
+all as unchanged and writes nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from greenmesh.energy.v1 import energy_pb2 as pb
@@ -35,9 +39,10 @@ from services.energy.domain.readings import (
     StateInterval,
     state_violations,
 )
+from services.energy.domain.series import Aggregation, SeriesSpec, as_meter_spec, negative_value_problem
 from services.energy.domain.units import Quantity, Unit
 from services.energy.mapping import MAX_SECONDS, MIN_SECONDS, OPERATING_STATES, seconds_from_proto
-from services.energy.tables import MeterRow
+from services.energy.tables import IndependentSeriesRow, MeterRow
 
 MAX_BATCH = 10_000
 ESTIMATED_BIT = store.FLAG_BITS[QualityFlag.ESTIMATED]
@@ -61,6 +66,17 @@ def meter_spec(row: MeterRow) -> MeterSpec:
         direction=Direction(row.direction),
         rated_max=rated,
         register_max=row.register_max,
+    )
+
+
+def series_spec(row: IndependentSeriesRow) -> SeriesSpec:
+    return SeriesSpec(
+        series_id=row.series_id,
+        name=row.name,
+        unit=Unit(row.unit) if row.unit else None,
+        unit_label=row.unit_label,
+        aggregation=Aggregation(row.aggregation),
+        interval=dt.timedelta(seconds=row.interval_s) if row.interval_s else None,
     )
 
 
@@ -119,6 +135,42 @@ class BatchOutcome:
         self.flagged += other.flagged
 
 
+@dataclass(frozen=True)
+class _Judged:
+    """A checked batch and what its upsert writes: the readings, their consumption and flag bits (all masked to
+    the rows to write), and the counts."""
+
+    chosen: ReadingColumns
+    consumption: npt.NDArray[np.float64]
+    bits: npt.NDArray[np.int64]
+    outcome: BatchOutcome
+
+
+async def _judge(
+    session: AsyncSession,
+    key: str,
+    spec: MeterSpec,
+    batch: ReadingColumns,
+    rules: QualityRules,
+    field: str,
+    source: Any,
+) -> _Judged:
+    first, last = int(batch.start.min()), int(batch.end.max())
+    before = await store.readings_before(session, key, first, max(rules.stuck_run - 1, 1), source=source)
+    inside = await store.readings_starting_in(session, key, first, last, source=source)
+    # Stored readings never overlap each other: only the last one starting before the batch can reach into it.
+    reaching = [before[-1]] if before and before[-1][1] > first else []
+    existing = _columns([*reaching, *inside])
+    checked = check_columns(spec, batch, preceding=_columns(before), existing=existing, rules=rules, field=field)
+    write, inserts, updates, unchanged = upsert_plan(existing, checked.readings)
+    bits = np.zeros(len(checked.readings), dtype=np.int64)
+    for flag, mask in checked.flags.items():
+        bits |= np.where(mask, store.FLAG_BITS[flag], 0)
+    written_bits = bits[write]
+    outcome = BatchOutcome(inserts, updates, unchanged, int(np.count_nonzero(written_bits)))
+    return _Judged(checked.readings.take(write), checked.consumption[write], written_bits, outcome)
+
+
 async def upsert_batch(
     session: AsyncSession,
     meter: MeterRow,
@@ -129,34 +181,53 @@ async def upsert_batch(
 ) -> BatchOutcome:
     """Judge and upsert one meter's batch in the session's transaction; ``InvalidArgument`` (nothing written)
     when the domain rejects it."""
-    spec = meter_spec(meter)
-    first, last = int(batch.start.min()), int(batch.end.max())
-    before = await store.readings_before(session, meter.meter_id, first, max(rules.stuck_run - 1, 1))
-    inside = await store.readings_starting_in(session, meter.meter_id, first, last)
-    # Stored readings never overlap each other: only the last one starting before the batch can reach into it.
-    reaching = [before[-1]] if before and before[-1][1] > first else []
-    existing = _columns([*reaching, *inside])
-    checked = check_columns(spec, batch, preceding=_columns(before), existing=existing, rules=rules, field=field)
-    write, inserts, updates, unchanged = upsert_plan(existing, checked.readings)
-    bits = np.zeros(len(checked.readings), dtype=np.int64)
-    for flag, mask in checked.flags.items():
-        bits |= np.where(mask, store.FLAG_BITS[flag], 0)
-    chosen = checked.readings.take(write)
-    consumption = checked.consumption[write]
-    written_bits = bits[write]
+    judged = await _judge(session, meter.meter_id, meter_spec(meter), batch, rules, field, store.READING)
+    chosen = judged.chosen
     rows = list(
         zip(
             repeat(meter.meter_id),
             chosen.start.tolist(),
             chosen.end.tolist(),
             chosen.value.tolist(),
-            [None if c != c else c for c in consumption.tolist()],  # NaN: no consumption
-            written_bits.tolist(),
+            [None if c != c else c for c in judged.consumption.tolist()],  # NaN: no consumption
+            judged.bits.tolist(),
             strict=False,
         )
     )
     await store.upsert_readings(session, rows)
-    return BatchOutcome(inserts, updates, unchanged, int(np.count_nonzero(written_bits)))
+    return judged.outcome
+
+
+async def upsert_series_batch(
+    session: AsyncSession,
+    series: IndependentSeriesRow,
+    batch: ReadingColumns,
+    *,
+    rules: QualityRules = DEFAULT_RULES,
+    field: str = "values",
+) -> BatchOutcome:
+    """:func:`upsert_batch` for one independent series' values. A summed series refuses negative values in its
+    own words before the reading checks (which would speak of energy) see them."""
+    spec = series_spec(series)
+    if spec.aggregation is Aggregation.SUM:
+        negative = np.flatnonzero(batch.value < 0)
+        if negative.size:
+            problem = negative_value_problem(spec)
+            raise InvalidArgument([FieldViolation(f"{field}[{int(i)}].value", problem) for i in negative[:100]])
+    judged = await _judge(session, series.series_id, as_meter_spec(spec), batch, rules, field, store.SERIES_VALUE)
+    chosen = judged.chosen
+    rows = list(
+        zip(
+            repeat(series.series_id),
+            chosen.start.tolist(),
+            chosen.end.tolist(),
+            chosen.value.tolist(),
+            judged.bits.tolist(),
+            strict=False,
+        )
+    )
+    await store.upsert_series_values(session, rows)
+    return judged.outcome
 
 
 # ---- operating states ------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from services.energy.domain.readings import (
     ReadingMode,
 )
 from services.energy.domain.savings import (
+    BaselineModel,
     Criterion,
     EvaluationStatus,
     IpmvpOption,
@@ -49,6 +50,7 @@ from services.energy.domain.savings import (
     PeriodRole,
     SavingsResult,
 )
+from services.energy.domain.series import Aggregation
 from services.energy.domain.units import Quantity, Unit
 
 if TYPE_CHECKING:
@@ -128,6 +130,7 @@ CRITERIA: Final = EnumMap(pb.Criterion, "CRITERION_", Criterion)
 PERIOD_ROLES: Final = EnumMap(pb.PeriodRole, "PERIOD_ROLE_", PeriodRole)
 NMBE_CONVENTIONS: Final = EnumMap(pb.NmbeConvention, "NMBE_CONVENTION_", NmbeConvention)
 EVALUATION_STATUSES: Final = EnumMap(pb.EvaluationStatus, "EVALUATION_STATUS_", EvaluationStatus)
+SERIES_AGGREGATIONS: Final = EnumMap(pb.SeriesAggregation, "SERIES_AGGREGATION_", Aggregation)
 
 ENUM_MAPS: Final[tuple[EnumMap[Any, Any], ...]] = (
     UNITS,
@@ -153,6 +156,7 @@ ENUM_MAPS: Final[tuple[EnumMap[Any, Any], ...]] = (
     PERIOD_ROLES,
     NMBE_CONVENTIONS,
     EVALUATION_STATUSES,
+    SERIES_AGGREGATIONS,
 )
 
 
@@ -310,6 +314,38 @@ def _optional(value: float | None) -> dict[str, float]:
     return {} if value is None else {"value": value}
 
 
+def model_to_proto(model: BaselineModel) -> pb.BaselineModel:
+    return pb.BaselineModel(
+        variables=list(model.variables),
+        intercept=model.intercept,
+        coefficients=list(model.coefficients),
+        n=model.n,
+        r_squared=model.r_squared,
+        adjusted_r_squared=model.adjusted_r_squared,
+        cv_rmse=model.cv_rmse,
+        nmbe=model.nmbe,
+        mean_observed=model.mean_observed,
+        rho1=model.rho1,
+        n_prime=model.n_prime,
+    )
+
+
+def model_from_proto(message: pb.BaselineModel) -> BaselineModel:
+    return BaselineModel(
+        variables=tuple(message.variables),
+        intercept=message.intercept,
+        coefficients=tuple(message.coefficients),
+        n=message.n,
+        r_squared=message.r_squared,
+        adjusted_r_squared=message.adjusted_r_squared,
+        cv_rmse=message.cv_rmse,
+        nmbe=message.nmbe,
+        mean_observed=message.mean_observed,
+        rho1=message.rho1,
+        n_prime=message.n_prime,
+    )
+
+
 def savings_result_to_proto(result: SavingsResult) -> pb.SavingsResult:
     model, avoided, uncertainty, verdict = result.model, result.avoided, result.uncertainty, result.verdict
     thresholds = verdict.thresholds
@@ -318,19 +354,7 @@ def savings_result_to_proto(result: SavingsResult) -> pb.SavingsResult:
         baseline_period=period_to_proto(result.baseline_period),
         reporting_period=period_to_proto(result.reporting_period),
         variables=list(result.variables),
-        model=pb.BaselineModel(
-            variables=list(model.variables),
-            intercept=model.intercept,
-            coefficients=list(model.coefficients),
-            n=model.n,
-            r_squared=model.r_squared,
-            adjusted_r_squared=model.adjusted_r_squared,
-            cv_rmse=model.cv_rmse,
-            nmbe=model.nmbe,
-            mean_observed=model.mean_observed,
-            rho1=model.rho1,
-            n_prime=model.n_prime,
-        ),
+        model=model_to_proto(model),
         adjusted_baseline_kwh=avoided.adjusted_baseline_kwh,
         reporting_kwh=avoided.reporting_kwh,
         non_routine_kwh=avoided.non_routine_kwh,
@@ -380,6 +404,21 @@ def savings_result_to_proto(result: SavingsResult) -> pb.SavingsResult:
         message.verdict.thresholds.max_fsu = thresholds.max_fsu
     if thresholds.min_r_squared is not None:
         message.verdict.thresholds.min_r_squared = thresholds.min_r_squared
+    normalised = result.normalised
+    if normalised is not None:
+        message.normalised.CopyFrom(
+            pb.NormalisedSavings(
+                normal_period=period_to_proto(normalised.period),
+                reporting_model=model_to_proto(normalised.reporting_model),
+                baseline_kwh=normalised.savings.baseline_kwh,
+                reporting_kwh=normalised.savings.reporting_kwh,
+                savings_kwh=normalised.savings.savings_kwh,
+                points=normalised.points,
+                coverage=normalised.coverage,
+            )
+        )
+        if normalised.savings.savings_fraction is not None:
+            message.normalised.savings_fraction = normalised.savings.savings_fraction
     return message
 
 

@@ -39,7 +39,7 @@ from meshkit.errors import (
 from meshkit.ids import new_id
 from meshkit.paging import decode_token, encode_token, page_size
 from meshkit.server import ServiceRuntime
-from services.energy import evaluations, events, figures, ingest, store
+from services.energy import evaluations, events, figures, ingest, plans, store
 from services.energy.domain.catalogue import (
     RATED_DIMENSIONS,
     CatalogueEntry,
@@ -62,30 +62,25 @@ from services.energy.domain.readings import (
     MeterRole,
     MeterSpec,
     Period,
-    ReadingMode,
     meter_violations,
 )
 from services.energy.domain.savings import (
     EvaluationStatus,
-    Measure,
-    MeasureType,
-    MvPlan,
     NonRoutineAdjustment,
     correct_evaluation,
     latest_verified,
     new_evaluation,
-    plan_violations,
     revise_draft,
     verified_savings_totals,
     verify_evaluation,
 )
+from services.energy.domain.series import natural_aggregation, series_violations
 from services.energy.domain.units import Dimension, Quantity, Unit, quantity_violations
 from services.energy.mapping import (
     CURRENT_KINDS,
     DIRECTIONS,
     EQUIPMENT_CLASSES,
     HIGH_EFFICIENCY_BASES,
-    IPMVP_OPTIONS,
     IT_POINTS,
     LIFECYCLE_STATES,
     MEASURE_TYPES,
@@ -95,6 +90,7 @@ from services.energy.mapping import (
     QUALITY_FLAGS,
     READING_MODES,
     REDUNDANCY_SCHEMES,
+    SERIES_AGGREGATIONS,
     UNITS,
     VOLTAGE_CLASSES,
     date_from_proto,
@@ -118,6 +114,7 @@ from services.energy.tables import (
     CatalogueEntryRow,
     DriftFindingRow,
     EvaluationRow,
+    IndependentSeriesRow,
     MeasureRow,
     MeterRow,
     MvPlanRow,
@@ -134,7 +131,6 @@ CATALOGUE_ROLES = ("PLATFORM_OPERATOR", "TELECOM_OPERATOR", "DATA_CENTER_OPERATO
 SITE_TYPES = frozenset({"DATA_CENTER", "BASE_STATION"})
 DIRECTORY_WAIT_SECONDS = 5.0
 MAX_UPLOAD_PROBLEMS = 100
-MAX_PLAN_INTERVAL = dt.timedelta(days=1)
 CN = dt.timezone(dt.timedelta(hours=8), "CST")
 
 
@@ -276,6 +272,37 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
             await self._directory()
             self._require_reader(caller, *self._site_owner(row.site_id))
         return row
+
+    async def _series(
+        self, series_id: str, caller: Caller, *, write: bool, field: str | None = None
+    ) -> IndependentSeriesRow:
+        """An independent series the caller may use; unknown: as :meth:`_meter`."""
+        require_authenticated(caller)
+        async with self.database.session() as session:
+            row = await store.independent_series(session, series_id) if series_id else None
+        if row is None:
+            if field is not None:
+                raise _fail(field, f"unknown independent series {series_id!r}" if series_id else "required")
+            raise NotFound("independent series", series_id)
+        if write:
+            await self._writable_site(caller, row.site_id)
+        else:
+            await self._directory()
+            self._require_reader(caller, *self._site_owner(row.site_id))
+        return row
+
+    async def _visible_sites(self, caller: Caller) -> set[str] | None:
+        """The sites whose meters and series the caller may list (``None``: every site)."""
+        scope = scope_of(caller)
+        if not (scope.operator_id or scope.division_prefix):
+            return None
+        directory = await self._directory()
+        return {
+            f.facility_id
+            for f in directory.facilities()
+            if (scope.operator_id and f.operator_id == scope.operator_id)
+            or (scope.division_prefix and f.county_code.startswith(scope.division_prefix))
+        }
 
     # ---- catalogue --------------------------------------------------------------------------------------------
 
@@ -707,16 +734,7 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
         limit = page_size(request.page_size)
         fingerprint = _fingerprint(request, caller)
         after = decode_token(request.page_token, fingerprint) or ""
-        scope = scope_of(caller)
-        sites: set[str] | None = None
-        if scope.operator_id or scope.division_prefix:
-            directory = await self._directory()
-            sites = {
-                f.facility_id
-                for f in directory.facilities()
-                if (scope.operator_id and f.operator_id == scope.operator_id)
-                or (scope.division_prefix and f.county_code.startswith(scope.division_prefix))
-            }
+        sites = await self._visible_sites(caller)
         async with self.database.session() as session:
             rows = await store.list_meters(
                 session,
@@ -746,30 +764,39 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
         require_authenticated(caller)
         summary = pb.UploadReadingsResponse()
         totals = ingest.BatchOutcome()
-        meters: dict[str, MeterRow | DomainError] = {}
+        targets: dict[tuple[str, str], MeterRow | IndependentSeriesRow | DomainError] = {}
         index = -1
         async for item in request_iterator:
             index += 1
             summary.messages += 1
             summary.received += len(item.readings)
             try:
-                known = meters.get(item.meter_id)
+                if bool(item.meter_id) == bool(item.series_id):
+                    raise _fail("meter_id", "exactly one of meter_id and series_id")
+                key = ("meter", item.meter_id) if item.meter_id else ("series", item.series_id)
+                known = targets.get(key)
                 if known is None:
                     try:
-                        known = await self._meter(item.meter_id, caller, write=True, field="meter_id")
+                        if item.meter_id:
+                            known = await self._meter(item.meter_id, caller, write=True, field="meter_id")
+                        else:
+                            known = await self._series(item.series_id, caller, write=True, field="series_id")
                     except (InvalidArgument, PermissionDenied, FailedPrecondition) as refused:
                         known = refused
-                    meters[item.meter_id] = known
+                    targets[key] = known
                 if isinstance(known, DomainError):
                     raise known
                 readings = ingest.readings_from_proto(item.readings)
                 async with self.database.transaction() as session:
-                    outcome = await ingest.upsert_batch(session, known, readings)
+                    if isinstance(known, MeterRow):
+                        outcome = await ingest.upsert_batch(session, known, readings)
+                    else:
+                        outcome = await ingest.upsert_series_batch(session, known, readings, field="readings")
                 totals.add(outcome)
             except (InvalidArgument, PermissionDenied, FailedPrecondition) as error:
                 summary.rejected += len(item.readings)
                 if len(summary.problems) < MAX_UPLOAD_PROBLEMS:
-                    summary.problems.append(batch_problem(index, item.meter_id, error))
+                    summary.problems.append(batch_problem(index, item.meter_id, error, item.series_id))
         summary.inserted, summary.updated = totals.inserted, totals.updated
         summary.unchanged, summary.flagged = totals.unchanged, totals.flagged
         return summary
@@ -788,6 +815,100 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
             )
         token = encode_token(str(rows[limit - 1][0]), fingerprint) if len(rows) > limit else ""
         return pb.ListReadingsResponse(readings=[reading_message(*r) for r in rows[:limit]], next_page_token=token)
+
+    # ---- independent series -----------------------------------------------------------------------------------
+
+    async def CreateIndependentSeries(
+        self, request: pb.CreateIndependentSeriesRequest, context: Context
+    ) -> pb.CreateIndependentSeriesResponse:
+        caller = caller_of(context)
+        require_authenticated(caller)
+        message = request.series
+        facility = await self._site(message.site_id, "series.site_id")
+        self._require_writer(caller, facility)
+        found: list[FieldViolation] = []
+        name = message.name.strip()
+        unit = UNITS.optional(message.unit, "series.unit", found)
+        label = message.unit_label.strip()
+        aggregation = SERIES_AGGREGATIONS.optional(message.aggregation, "series.aggregation", found)
+        interval = duration_from_proto(message, "interval", "series.interval", found)
+        source = _text(message.source, "series.source", found, limit=200)
+        named = {v.field for v in found}
+        found += [v for v in series_violations(name, unit, label, aggregation, interval) if v.field not in named]
+        if found:
+            raise InvalidArgument(found)
+        if aggregation is None:
+            assert unit is not None
+            aggregation = natural_aggregation(unit)
+        row = IndependentSeriesRow(
+            series_id=new_id(),
+            site_id=facility.facility_id,
+            name=name,
+            unit=unit.value if unit else "",
+            unit_label="" if unit else label,
+            aggregation=aggregation.value,
+            interval_s=int(interval.total_seconds()) if interval else None,
+            source=source,
+            created_by=caller.participant_id or "",
+            created_at=dt.datetime.now(dt.UTC),
+        )
+        try:
+            async with self.database.transaction() as session:
+                session.add(row)
+        except IntegrityError as error:
+            raise AlreadyExists("independent series", name, "a series of this name exists at the site") from error
+        return pb.CreateIndependentSeriesResponse(series=series_message(row))
+
+    async def GetIndependentSeries(
+        self, request: pb.GetIndependentSeriesRequest, context: Context
+    ) -> pb.GetIndependentSeriesResponse:
+        row = await self._series(request.series_id, caller_of(context), write=False)
+        return pb.GetIndependentSeriesResponse(series=series_message(row))
+
+    async def ListIndependentSeries(
+        self, request: pb.ListIndependentSeriesRequest, context: Context
+    ) -> pb.ListIndependentSeriesResponse:
+        caller = caller_of(context)
+        require_authenticated(caller)
+        limit = page_size(request.page_size)
+        fingerprint = _fingerprint(request, caller)
+        after = decode_token(request.page_token, fingerprint) or ""
+        sites = await self._visible_sites(caller)
+        async with self.database.session() as session:
+            rows = await store.list_independent_series(
+                session, site_ids=sites, site_id=request.site_id, after=after, limit=limit + 1
+            )
+        token = encode_token(rows[limit - 1].series_id, fingerprint) if len(rows) > limit else ""
+        return pb.ListIndependentSeriesResponse(series=[series_message(r) for r in rows[:limit]], next_page_token=token)
+
+    async def UpsertSeriesValues(
+        self, request: pb.UpsertSeriesValuesRequest, context: Context
+    ) -> pb.UpsertSeriesValuesResponse:
+        caller = caller_of(context)
+        series = await self._series(request.series_id, caller, write=True, field="series_id")
+        values = ingest.readings_from_proto(request.values, "values")
+        async with self.database.transaction() as session:
+            outcome = await ingest.upsert_series_batch(session, series, values)
+        return pb.UpsertSeriesValuesResponse(
+            inserted=outcome.inserted, updated=outcome.updated, unchanged=outcome.unchanged, flagged=outcome.flagged
+        )
+
+    async def ListSeriesValues(
+        self, request: pb.ListSeriesValuesRequest, context: Context
+    ) -> pb.ListSeriesValuesResponse:
+        caller = caller_of(context)
+        series = await self._series(request.series_id, caller, write=False)
+        limit = page_size(request.page_size)
+        start = request.start_time.seconds if request.HasField("start_time") else 0
+        end = request.end_time.seconds if request.HasField("end_time") else 2**62
+        fingerprint = _fingerprint(request, caller)
+        after = decode_token(request.page_token, fingerprint)
+        async with self.database.session() as session:
+            rows = await store.list_series_values(
+                session, series.series_id, max(start, int(after) + 1) if after else start, end, limit + 1
+            )
+        token = encode_token(str(rows[limit - 1][0]), fingerprint) if len(rows) > limit else ""
+        return pb.ListSeriesValuesResponse(values=[reading_message(*r) for r in rows[:limit]], next_page_token=token)
 
     async def RecordOperatingStates(
         self, request: pb.RecordOperatingStatesRequest, context: Context
@@ -858,6 +979,9 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
             found.append(FieldViolation("power_factor", "must lie in (0, 1]"))
         if period is not None and period.duration / window > 10_000:
             found.append(FieldViolation("window", "at most 10,000 windows per period"))
+        for name in ("input_meter_ids", "output_meter_ids"):
+            if len(getattr(request, name)) > 100:
+                found.append(FieldViolation(name, "at most 100 meters"))
         if found:
             raise InvalidArgument(found)
         assert period is not None
@@ -872,6 +996,8 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
                 threshold_pp=threshold,
                 consecutive=consecutive,
                 power_factor=power_factor,
+                input_ids=list(request.input_meter_ids),
+                output_ids=list(request.output_meter_ids),
             )
             response = run.response
             if response.alert and not await store.drift_finding_exists(session, row.asset_id, run.window_end_s):
@@ -893,6 +1019,8 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
                     site_id=row.site_id,
                     windows=run.drifted_tail,
                     threshold_pp=threshold,
+                    input_meter_ids=list(response.input_meter_ids),
+                    output_meter_ids=list(response.output_meter_ids),
                 )
                 response.finding_id = finding.finding_id
         if response.finding_id:
@@ -960,6 +1088,40 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
             session.add(row)
         return pb.CreateMeasureResponse(measure=measure_message(row))
 
+    async def GetMeasure(self, request: pb.GetMeasureRequest, context: Context) -> pb.GetMeasureResponse:
+        caller = caller_of(context)
+        require_authenticated(caller)
+        async with self.database.session() as session:
+            row = await store.measure(session, request.measure_id) if request.measure_id else None
+            plan_ids = await store.plan_ids_of_measure(session, row.measure_id) if row else []
+        if row is None:
+            raise NotFound("measure", request.measure_id)
+        self._require_reader(caller, row.operator_id, row.county_code)
+        return pb.GetMeasureResponse(measure=measure_message(row), plan_ids=plan_ids)
+
+    async def ListMeasures(self, request: pb.ListMeasuresRequest, context: Context) -> pb.ListMeasuresResponse:
+        caller = caller_of(context)
+        require_authenticated(caller)
+        limit = page_size(request.page_size)
+        found: list[FieldViolation] = []
+        kind = MEASURE_TYPES.optional(request.measure_type, "measure_type", found)
+        if found:
+            raise InvalidArgument(found)
+        fingerprint = _fingerprint(request, caller)
+        after = decode_token(request.page_token, fingerprint) or ""
+        async with self.database.session() as session:
+            rows = await store.list_measures(
+                session,
+                scope_of(caller),
+                site_id=request.site_id.strip(),
+                operator_id=request.operator_id.strip(),
+                measure_type=kind.value if kind else "",
+                after=after,
+                limit=limit + 1,
+            )
+        token = encode_token(rows[limit - 1].measure_id, fingerprint) if len(rows) > limit else ""
+        return pb.ListMeasuresResponse(measures=[measure_message(r) for r in rows[:limit]], next_page_token=token)
+
     async def CreateMvPlan(self, request: pb.CreateMvPlanRequest, context: Context) -> pb.CreateMvPlanResponse:
         caller = caller_of(context)
         require_authenticated(caller)
@@ -969,87 +1131,26 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
         if measure is None:
             raise _fail("plan.measure_id", "unknown measure" if plan.measure_id else "required")
         await self._writable_site(caller, measure.site_id)
-        found: list[FieldViolation] = []
-        option = IPMVP_OPTIONS.required(plan.option, "plan.option", found)
-        baseline = period_from_proto(plan, "baseline_period", "plan.baseline_period", found)
-        reporting = period_from_proto(plan, "reporting_period", "plan.reporting_period", found)
-        interval = duration_from_proto(plan, "interval", "plan.interval", found, required=True)
-        if interval is not None and interval > MAX_PLAN_INTERVAL:
-            found.append(FieldViolation("plan.interval", "at most one day (monthly plans are not supported yet)"))
-        confidence = plan.confidence or 0.9
-        names = [v.name.strip() for v in plan.independent_variables]
-        wanted = {*plan.energy_meter_ids, *(v.meter_id for v in plan.independent_variables)}
         async with self.database.session() as session:
-            meters = await store.meters(session, wanted - {""})
-        if not plan.energy_meter_ids:
-            found.append(FieldViolation("plan.energy_meter_ids", "at least one energy meter"))
-        used: list[MeterRow] = []
-        for i, meter_id in enumerate(plan.energy_meter_ids):
-            row = meters.get(meter_id)
-            if row is None or row.site_id != measure.site_id:
-                found.append(FieldViolation(f"plan.energy_meter_ids[{i}]", "no such meter at the measure's site"))
-            elif Unit(row.unit).dimension is not Dimension.ENERGY or row.mode == ReadingMode.AVERAGE.value:
-                found.append(FieldViolation(f"plan.energy_meter_ids[{i}]", "must be an energy meter (kWh, MJ …)"))
-            else:
-                used.append(row)
-        for i, variable in enumerate(plan.independent_variables):
-            row = meters.get(variable.meter_id)
-            if row is None or row.site_id != measure.site_id:
-                found.append(
-                    FieldViolation(f"plan.independent_variables[{i}].meter_id", "no such meter at the measure's site")
-                )
-            else:
-                used.append(row)
-        if interval is not None:
-            step = int(interval.total_seconds())
-            for row in used:
-                if row.interval_s and step % row.interval_s:
-                    found.append(
-                        FieldViolation("plan.interval", f"not a multiple of meter {row.meter_id}'s {row.interval_s} s")
-                    )
-        if found:
-            raise InvalidArgument(found)
-        assert option is not None and baseline is not None and reporting is not None and interval is not None
-        domain_plan = MvPlan(
-            option=option,
-            measurement_boundary=tuple(plan.measurement_boundary),
-            baseline_period=baseline,
-            reporting_period=reporting,
-            interval=interval,
-            independent_variables=tuple(names),
-            confidence=confidence,
-        )
-        domain_measure = Measure(
-            measure_id=measure.measure_id,
-            measure_type=MeasureType(measure.measure_type),
-            installation=Period(utc(measure.installation_start), utc(measure.installation_end)),
-        )
-        problems = plan_violations(domain_plan, domain_measure)
-        if problems:
-            raise InvalidArgument(
-                [FieldViolation(p.field if p.field.startswith("measure.") else f"plan.{p.field}", p.description)
-                 for p in problems]
-            )  # fmt: skip
-        row_plan = MvPlanRow(
-            plan_id=new_id(),
-            measure_id=measure.measure_id,
-            option=option.value,
-            boundary=",".join(plan.measurement_boundary),
-            energy_meter_ids=",".join(plan.energy_meter_ids),
-            variables_json=json.dumps(
-                [[n, v.meter_id] for n, v in zip(names, plan.independent_variables, strict=True)]
-            ),
-            baseline_start=baseline.start,
-            baseline_end=baseline.end,
-            reporting_start=reporting.start,
-            reporting_end=reporting.end,
-            interval_s=int(interval.total_seconds()),
-            confidence=confidence,
-            created_at=dt.datetime.now(dt.UTC),
-        )
+            checked = await plans.check_plan(session, plan, measure)
+        row = plans.plan_row(new_id(), checked, dt.datetime.now(dt.UTC))
         async with self.database.transaction() as session:
-            session.add(row_plan)
-        return pb.CreateMvPlanResponse(plan=plan_message(row_plan))
+            session.add(row)
+        return pb.CreateMvPlanResponse(plan=plans.plan_message(row))
+
+    async def GetMvPlan(self, request: pb.GetMvPlanRequest, context: Context) -> pb.GetMvPlanResponse:
+        caller = caller_of(context)
+        require_authenticated(caller)
+        async with self.database.session() as session:
+            plan = await store.plan(session, request.plan_id) if request.plan_id else None
+            measure = await store.measure(session, plan.measure_id) if plan else None
+            versions = await store.evaluation_of_plan(session, plan.plan_id) if plan else []
+        if plan is None or measure is None:
+            raise NotFound("M&V plan", request.plan_id)
+        self._require_reader(caller, measure.operator_id, measure.county_code)
+        return pb.GetMvPlanResponse(
+            plan=plans.plan_message(plan), evaluation_id=versions[0].evaluation_id if versions else ""
+        )
 
     async def _plan_for_write(self, plan_id: str, caller: Caller) -> tuple[MvPlanRow, MeasureRow]:
         require_authenticated(caller)
@@ -1064,10 +1165,8 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
     async def _compute(
         self, session: Any, plan: MvPlanRow, measure: MeasureRow, adjustments: Sequence[NonRoutineAdjustment]
     ) -> Any:
-        inputs = evaluations.plan_inputs(plan, measure)
-        meters = await store.meters(session, {*inputs.energy_meter_ids, *(m for _, m in inputs.variable_meters)})
         try:
-            return await evaluations.compute(session, inputs, meters, adjustments)
+            return await evaluations.compute(session, plans.stored_plan(plan, measure), adjustments)
         except InvalidArgument as error:
             # The stored readings, not the request, cannot support the evaluation (too few points, collinear).
             raise FailedPrecondition(
@@ -1515,18 +1614,18 @@ def measure_message(row: MeasureRow) -> pb.Measure:
     return message
 
 
-def plan_message(row: MvPlanRow) -> pb.MvPlan:
-    return pb.MvPlan(
-        plan_id=row.plan_id,
-        measure_id=row.measure_id,
-        option=IPMVP_OPTIONS.name_to_proto(row.option),
-        measurement_boundary=[b for b in row.boundary.split(",") if b],
-        energy_meter_ids=[m for m in row.energy_meter_ids.split(",") if m],
-        baseline_period=period_to_proto(Period(utc(row.baseline_start), utc(row.baseline_end))),
-        reporting_period=period_to_proto(Period(utc(row.reporting_start), utc(row.reporting_end))),
+def series_message(row: IndependentSeriesRow) -> pb.IndependentSeries:
+    return pb.IndependentSeries(
+        series_id=row.series_id,
+        site_id=row.site_id,
+        name=row.name,
+        unit=UNITS.name_to_proto(row.unit),
+        unit_label=row.unit_label,
+        aggregation=SERIES_AGGREGATIONS.name_to_proto(row.aggregation),
         interval=duration_to_proto(row.interval_s),
-        independent_variables=[pb.IndependentVariable(name=n, meter_id=m) for n, m in json.loads(row.variables_json)],
-        confidence=row.confidence,
+        source=row.source,
+        created_by=row.created_by,
+        create_time=moment_to_proto(utc(row.created_at)),
     )
 
 
@@ -1543,11 +1642,12 @@ def adjustments_from_proto(messages: Sequence[pb.NonRoutineAdjustment]) -> list[
     return adjustments
 
 
-def batch_problem(index: int, meter_id: str, error: DomainError) -> pb.BatchProblem:
+def batch_problem(index: int, meter_id: str, error: DomainError, series_id: str = "") -> pb.BatchProblem:
     violations = error.violations if isinstance(error, InvalidArgument) else []
     return pb.BatchProblem(
         message_index=index,
         meter_id=meter_id,
+        series_id=series_id,
         code=error.code.name,
         message=error.message,
         field_problems=field_problems(violations),

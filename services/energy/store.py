@@ -2,7 +2,8 @@
 servicer, the ingest and the figures speak rows and plain values.
 
 The reading paths are SQLAlchemy Core on the session's connection: a batch is read with two range queries and
-written with one executemany upsert, never one ORM object per reading.
+written with one executemany upsert, never one ORM object per reading. The values of independent series take the
+same paths over their own table (``series_value``, keyed ``(series_id, start_s, end_s)``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from services.energy.tables import (
     CatalogueEntryRow,
     DriftFindingRow,
     EvaluationRow,
+    IndependentSeriesRow,
     MeasureRow,
     MeterRow,
     MvPlanRow,
@@ -32,6 +34,7 @@ from services.energy.tables import (
     PowerLinkRow,
     ReadingRow,
     RedundancyGroupRow,
+    SeriesValueRow,
 )
 
 T = TypeVar("T")
@@ -69,6 +72,7 @@ def table(model: Any) -> Table:
 
 
 READING = table(ReadingRow)
+SERIES_VALUE = table(SeriesValueRow)
 STATE = table(OperatingStateRow)
 
 
@@ -215,17 +219,51 @@ async def asset_meters(session: AsyncSession, asset_id: str) -> list[MeterRow]:
     return list((await session.exec(sm_select(MeterRow).where(col(MeterRow.asset_id) == asset_id))).all())
 
 
+async def independent_series(session: AsyncSession, series_id: str) -> IndependentSeriesRow | None:
+    return await session.get(IndependentSeriesRow, series_id)
+
+
+async def independent_series_many(
+    session: AsyncSession, series_ids: Collection[str]
+) -> dict[str, IndependentSeriesRow]:
+    found: dict[str, IndependentSeriesRow] = {}
+    for part in chunks(sorted(series_ids)):
+        rows = await session.exec(sm_select(IndependentSeriesRow).where(col(IndependentSeriesRow.series_id).in_(part)))
+        found.update({row.series_id: row for row in rows.all()})
+    return found
+
+
+async def list_independent_series(
+    session: AsyncSession, *, site_ids: Collection[str] | None, site_id: str, after: str, limit: int
+) -> list[IndependentSeriesRow]:
+    query = sm_select(IndependentSeriesRow).where(col(IndependentSeriesRow.series_id) > after)
+    if site_ids is not None:
+        query = query.where(col(IndependentSeriesRow.site_id).in_(sorted(site_ids)))
+    if site_id:
+        query = query.where(col(IndependentSeriesRow.site_id) == site_id)
+    return list((await session.exec(query.order_by(col(IndependentSeriesRow.series_id)).limit(limit))).all())
+
+
 # ---- readings --------------------------------------------------------------------------------------------------
 
 StoredReading = tuple[int, int, float, int]  # start_s, end_s, value, flags
 
 
-async def readings_before(session: AsyncSession, meter_id: str, before_s: int, limit: int) -> list[StoredReading]:
-    """The last ``limit`` readings starting before ``before_s``, oldest first."""
-    c = READING.c
+def _keyed(source: Table) -> tuple[Table, Any]:
+    """A table of interval values and its key column: ``reading.meter_id`` or ``series_value.series_id``."""
+    return source, source.c.meter_id if source is READING else source.c.series_id
+
+
+async def readings_before(
+    session: AsyncSession, meter_id: str, before_s: int, limit: int, *, source: Table = READING
+) -> list[StoredReading]:
+    """The last ``limit`` readings (of ``source``: a meter's, or a series' values) starting before ``before_s``,
+    oldest first."""
+    values, key = _keyed(source)
+    c = values.c
     query = (
         select(c.start_s, c.end_s, c.value, c.flags)
-        .where(and_(c.meter_id == meter_id, c.start_s < before_s))
+        .where(and_(key == meter_id, c.start_s < before_s))
         .order_by(c.start_s.desc())
         .limit(limit)
     )
@@ -233,43 +271,57 @@ async def readings_before(session: AsyncSession, meter_id: str, before_s: int, l
     return [(int(s), int(e), float(v), int(f)) for s, e, v, f in reversed(rows)]
 
 
-async def readings_starting_in(session: AsyncSession, meter_id: str, start_s: int, end_s: int) -> list[StoredReading]:
-    """Readings whose start lies in [start_s, end_s), in time order."""
-    c = READING.c
+async def readings_starting_in(
+    session: AsyncSession, meter_id: str, start_s: int, end_s: int, *, source: Table = READING
+) -> list[StoredReading]:
+    """Readings (of ``source``) whose start lies in [start_s, end_s), in time order."""
+    values, key = _keyed(source)
+    c = values.c
     query = (
         select(c.start_s, c.end_s, c.value, c.flags)
-        .where(and_(c.meter_id == meter_id, c.start_s >= start_s, c.start_s < end_s))
+        .where(and_(key == meter_id, c.start_s >= start_s, c.start_s < end_s))
         .order_by(c.start_s)
     )
     return [(int(s), int(e), float(v), int(f)) for s, e, v, f in (await execute(session, query)).all()]
 
 
-def reading_upsert(session: AsyncSession) -> Any:
-    statement = _dialect(session).insert(READING)
+READING_COLUMNS = ("meter_id", "start_s", "end_s", "value", "consumption", "flags")
+SERIES_VALUE_COLUMNS = ("series_id", "start_s", "end_s", "value", "flags")
+_COLUMNS_OF = {"reading": READING_COLUMNS, "series_value": SERIES_VALUE_COLUMNS}
+
+
+def reading_upsert(session: AsyncSession, source: Table = READING) -> Any:
+    """INSERT … ON CONFLICT (key, start_s, end_s) DO UPDATE of every other column, for ``reading`` or
+    ``series_value``."""
+    columns = _COLUMNS_OF[source.name]
+    statement = _dialect(session).insert(source)
     return statement.on_conflict_do_update(
-        index_elements=["meter_id", "start_s", "end_s"],
-        set_={
-            "value": statement.excluded.value,
-            "consumption": statement.excluded.consumption,
-            "flags": statement.excluded.flags,
-        },
+        index_elements=list(columns[:3]), set_={name: statement.excluded[name] for name in columns[3:]}
     )
 
 
-READING_COLUMNS = ("meter_id", "start_s", "end_s", "value", "consumption", "flags")
-_upsert_sql: dict[str, str] = {}
+_upsert_sql: dict[tuple[str, str], str] = {}
 
 
-def _upsert_statement(session: AsyncSession) -> str:
-    """The reading upsert compiled once per dialect, its parameters in READING_COLUMNS order."""
+def _upsert_statement(session: AsyncSession, source: Table) -> str:
+    """The upsert compiled once per dialect and table, its parameters in the table's column order."""
     dialect = session.get_bind().dialect
-    sql = _upsert_sql.get(dialect.name)
+    sql = _upsert_sql.get((dialect.name, source.name))
     if sql is None:
-        compiled = reading_upsert(session).compile(dialect=dialect)
-        if tuple(compiled.positiontup or ()) != READING_COLUMNS:  # pragma: no cover - a dialect change
+        compiled = reading_upsert(session, source).compile(dialect=dialect)
+        if tuple(compiled.positiontup or ()) != _COLUMNS_OF[source.name]:  # pragma: no cover - a dialect change
             raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
-        sql = _upsert_sql[dialect.name] = str(compiled)
+        sql = _upsert_sql[(dialect.name, source.name)] = str(compiled)
     return sql
+
+
+async def _upsert(session: AsyncSession, source: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    sql = _upsert_sql.get((session.get_bind().dialect.name, source.name)) or _upsert_statement(session, source)
+    connection = await session.connection()
+    for part in chunks(rows, WRITE_CHUNK):
+        await connection.exec_driver_sql(sql, list(part))
 
 
 async def upsert_readings(
@@ -278,12 +330,12 @@ async def upsert_readings(
     """One executemany upsert per WRITE_CHUNK rows, keyed on (meter_id, start_s, end_s). The rows are tuples in
     READING_COLUMNS order handed to the driver as they are: the statement is compiled once, and SQLAlchemy's
     per-row parameter processing (a dict per row) is skipped."""
-    if not rows:
-        return
-    sql = _upsert_sql.get(session.get_bind().dialect.name) or _upsert_statement(session)
-    connection = await session.connection()
-    for part in chunks(rows, WRITE_CHUNK):
-        await connection.exec_driver_sql(sql, list(part))
+    await _upsert(session, READING, rows)
+
+
+async def upsert_series_values(session: AsyncSession, rows: Sequence[tuple[str, int, int, float, int]]) -> None:
+    """:func:`upsert_readings` for series values, keyed on (series_id, start_s, end_s), SERIES_VALUE_COLUMNS order."""
+    await _upsert(session, SERIES_VALUE, rows)
 
 
 async def list_readings(
@@ -299,21 +351,38 @@ async def list_readings(
     return [(int(s), int(e), float(v), u, int(f)) for s, e, v, u, f in (await execute(session, query)).all()]
 
 
+async def list_series_values(
+    session: AsyncSession, series_id: str, start_s: int, end_s: int, limit: int
+) -> list[tuple[int, int, float, float | None, int]]:
+    """A series' values in the shape of :func:`list_readings` (no consumption)."""
+    c = SERIES_VALUE.c
+    query = (
+        select(c.start_s, c.end_s, c.value, c.flags)
+        .where(and_(c.series_id == series_id, c.start_s >= start_s, c.start_s < end_s))
+        .order_by(c.start_s)
+        .limit(limit)
+    )
+    return [(int(s), int(e), float(v), None, int(f)) for s, e, v, f in (await execute(session, query)).all()]
+
+
 Columns = tuple[list[int], list[int], list[float], list[float | None], list[int]]
-_series_sql: dict[str, str] = {}
+_series_sql: dict[tuple[str, str], str] = {}
 
 
-def _series_statement(session: AsyncSession) -> str:
-    """The series query compiled once per dialect; parameters: meter_id, start_s, end_s, end_s."""
+def _series_statement(session: AsyncSession, source: Table) -> str:
+    """The series query compiled once per dialect and table; parameters: key, start_s, end_s, end_s. The series
+    values have no consumption: their value stands in its place."""
     dialect = session.get_bind().dialect
-    sql = _series_sql.get(dialect.name)
+    sql = _series_sql.get((dialect.name, source.name))
     if sql is None:
-        c = READING.c
+        values, key = _keyed(source)
+        c = values.c
+        consumption = c.consumption if source is READING else c.value
         query = (
-            select(c.start_s, c.end_s, c.value, c.consumption, c.flags)
+            select(c.start_s, c.end_s, c.value, consumption, c.flags)
             .where(
                 and_(
-                    c.meter_id == bindparam("meter_id"),
+                    key == bindparam("key"),
                     c.start_s >= bindparam("first"),
                     c.start_s < bindparam("last"),
                     c.end_s <= bindparam("bound"),
@@ -322,17 +391,20 @@ def _series_statement(session: AsyncSession) -> str:
             .order_by(c.start_s)
         )
         compiled = query.compile(dialect=dialect)
-        if tuple(compiled.positiontup or ()) != ("meter_id", "first", "last", "bound"):  # pragma: no cover
+        if tuple(compiled.positiontup or ()) != ("key", "first", "last", "bound"):  # pragma: no cover
             raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
-        sql = _series_sql[dialect.name] = str(compiled)
+        sql = _series_sql[(dialect.name, source.name)] = str(compiled)
     return sql
 
 
-async def series(session: AsyncSession, meter_ids: Collection[str], start_s: int, end_s: int) -> dict[str, Columns]:
-    """Columns (start, end, value, consumption, flags) of each meter's readings lying inside [start_s, end_s).
-    A year of 15-minute readings is 35,040 rows per meter: the rows come straight from the driver (a statement
-    compiled once, no result-row processing) and are transposed into columns in one step."""
-    sql = _series_statement(session)
+async def series(
+    session: AsyncSession, meter_ids: Collection[str], start_s: int, end_s: int, *, source: Table = READING
+) -> dict[str, Columns]:
+    """Columns (start, end, value, consumption, flags) of each meter's readings (or, with ``source`` =
+    SERIES_VALUE, each independent series' values, consumption = value) lying inside [start_s, end_s). A year of
+    15-minute readings is 35,040 rows per meter: the rows come straight from the driver (a statement compiled
+    once, no result-row processing) and are transposed into columns in one step."""
+    sql = _series_statement(session, source)
     connection = await session.connection()
     found: dict[str, Columns] = {}
     for meter_id in meter_ids:
@@ -391,8 +463,41 @@ async def measure(session: AsyncSession, measure_id: str) -> MeasureRow | None:
     return await session.get(MeasureRow, measure_id)
 
 
+async def list_measures(
+    session: AsyncSession,
+    scope: Scope,
+    *,
+    site_id: str,
+    operator_id: str,
+    measure_type: str,
+    after: str,
+    limit: int,
+) -> list[MeasureRow]:
+    query = sm_select(MeasureRow).where(col(MeasureRow.measure_id) > after)
+    if scope.operator_id:
+        query = query.where(col(MeasureRow.operator_id) == scope.operator_id)
+    if scope.division_prefix:
+        query = query.where(col(MeasureRow.county_code).startswith(scope.division_prefix))
+    if site_id:
+        query = query.where(col(MeasureRow.site_id) == site_id)
+    if operator_id:
+        query = query.where(col(MeasureRow.operator_id) == operator_id)
+    if measure_type:
+        query = query.where(col(MeasureRow.measure_type) == measure_type)
+    return list((await session.exec(query.order_by(col(MeasureRow.measure_id)).limit(limit))).all())
+
+
 async def plan(session: AsyncSession, plan_id: str) -> MvPlanRow | None:
     return await session.get(MvPlanRow, plan_id)
+
+
+async def plan_ids_of_measure(session: AsyncSession, measure_id: str) -> list[str]:
+    query = (
+        sm_select(MvPlanRow.plan_id)
+        .where(col(MvPlanRow.measure_id) == measure_id)
+        .order_by(col(MvPlanRow.created_at), col(MvPlanRow.plan_id))
+    )
+    return list((await session.exec(query)).all())
 
 
 async def evaluation_versions(session: AsyncSession, evaluation_id: str) -> list[EvaluationRow]:

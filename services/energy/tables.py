@@ -1,19 +1,21 @@
-"""The energy service's tables (SQLModel; migration energy_0001).
+"""The energy service's tables (SQLModel; migrations energy_0001, energy_0002).
 
 Reference and operation records (catalogue entries, assets with their lifecycle history, redundancy groups, power
 links, meters, measures, M&V plans) are ordinary rows. Readings and operating states are keyed by their interval,
 stored as Unix seconds (UTC) in BIGINT columns rather than timestamps: the reading table is the one that grows
 (35,040 rows per meter and year at 15 minutes), its key is the upsert key ``(meter_id, start_s, end_s)``, and
 integers keep the bulk writes, the range scans and the alignment of series for a regression cheap on both
-databases. Evaluations are versioned: ``(evaluation_id, version)``, the result kept as the serialized proto;
-a verified row is never updated again. Enum values are stored by name without their proto prefix ("IN_SERVICE").
+databases. Independent series (energy_0002) are stored like meters and their values like readings, keyed
+``(series_id, start_s, end_s)``. Evaluations are versioned: ``(evaluation_id, version)``, the result kept as the
+serialized proto; a verified row is never updated again. Enum values are stored by name without their proto
+prefix ("IN_SERVICE").
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, Date, DateTime, Index, LargeBinary, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 ID = 36  # a UUID
@@ -165,6 +167,36 @@ class ReadingRow(SQLModel, table=True):
     flags: int = 0
 
 
+class IndependentSeriesRow(SQLModel, table=True):
+    """A named series of an independent variable at a site (not a meter): outdoor temperature, traffic, IT load."""
+
+    __tablename__ = "independent_series"
+    __table_args__ = (UniqueConstraint("site_id", "name", name="uq_independent_series_site_name"),)
+
+    series_id: str = Field(primary_key=True, max_length=ID)
+    site_id: str = Field(max_length=SITE, index=True)
+    name: str = Field(max_length=63)
+    unit: str = Field(default="", max_length=16)  # a Unit name, or "" when unit_label names it
+    unit_label: str = Field(default="", max_length=32)
+    aggregation: str = Field(max_length=8)  # SUM or MEAN
+    interval_s: int | None = None  # None: irregular intervals
+    source: str = Field(default="", max_length=200)
+    created_by: str = Field(max_length=ID)
+    created_at: datetime = Field(sa_column=_aware("created_at"))
+
+
+class SeriesValueRow(SQLModel, table=True):
+    """One value of an independent series, keyed by its interval (the upsert key); ``flags`` as in ``reading``."""
+
+    __tablename__ = "series_value"
+
+    series_id: str = Field(primary_key=True, max_length=ID)
+    start_s: int = Field(sa_column=_seconds("start_s", primary_key=True))
+    end_s: int = Field(sa_column=_seconds("end_s", primary_key=True))
+    value: float
+    flags: int = 0
+
+
 class OperatingStateRow(SQLModel, table=True):
     __tablename__ = "operating_state"
 
@@ -215,15 +247,23 @@ class MvPlanRow(SQLModel, table=True):
     option: str = Field(max_length=16)
     boundary: str = Field(sa_column=Column("boundary", Text(), nullable=False))  # comma-separated ids
     energy_meter_ids: str = Field(sa_column=Column("energy_meter_ids", Text(), nullable=False))
-    # [[name, meter_id], ...]
+    # [{"name": …, "meter_id": …} or {"name": …, "series_id": …}, ...] (energy_0002; before: [[name, meter_id]])
     variables_json: str = Field(default="[]", sa_column=Column("variables_json", Text(), nullable=False))
     baseline_start: datetime = Field(sa_column=_aware("baseline_start"))
     baseline_end: datetime = Field(sa_column=_aware("baseline_end"))
     reporting_start: datetime = Field(sa_column=_aware("reporting_start"))
     reporting_end: datetime = Field(sa_column=_aware("reporting_end"))
-    interval_s: int
+    interval_s: int  # 0 for a monthly plan
     confidence: float
     created_at: datetime = Field(sa_column=_aware("created_at"))
+    # energy_0002: calendar months instead of interval_s, and the normal conditions of normalised savings (the
+    # period, and every variable's source over it, in the form of variables_json).
+    monthly: bool = Field(default=False, sa_column=Column("monthly", Boolean(), nullable=False, server_default=false()))
+    normal_start: datetime | None = Field(default=None, sa_column=_aware("normal_start", nullable=True))
+    normal_end: datetime | None = Field(default=None, sa_column=_aware("normal_end", nullable=True))
+    normal_variables_json: str = Field(
+        default="[]", sa_column=Column("normal_variables_json", Text(), nullable=False, server_default="[]")
+    )
 
 
 class EvaluationRow(SQLModel, table=True):

@@ -260,3 +260,57 @@ async def test_share_of_high_efficiency_equipment_in_service(energy: Energy) -> 
     assert math.isclose(
         (await energy.call("GetEfficientShare", pb.GetEfficientShareRequest(), PLATFORM)).groups[0].share, 2 / 4
     )
+
+
+async def test_efficiency_drift_sums_every_meter_of_the_asset_or_the_ones_named(energy: Energy) -> None:
+    asset = await energy.asset()  # rated 100 kW; the curve gives 96 % at 50 % load
+    meter_in = await energy.meter(asset_id=asset.asset_id, role=pb.METER_ROLE_INPUT)
+    branch_a = await energy.meter(asset_id=asset.asset_id, role=pb.METER_ROLE_OUTPUT, name="branch A")
+    branch_b = await energy.meter(asset_id=asset.asset_id, role=pb.METER_ROLE_OUTPUT, name="branch B")
+    quarters = 96 * 3
+    await energy.upsert(branch_a, readings(T0, [6.25] * quarters))  # two branches of 25 kW: 50 % load together
+    await energy.upsert(branch_b, readings(T0, [6.25] * quarters))
+    await energy.upsert(meter_in, readings(T0, [round(12.5 / 0.96, 6)] * quarters))
+    request = pb.EvaluateEfficiencyDriftRequest(asset_id=asset.asset_id, period=period(T0, T0 + 3 * DAY))
+
+    # By default the asset's whole output (both branches) against its whole input: on the curve, no drift.
+    whole = await energy.call("EvaluateEfficiencyDrift", request, energy.data_center.caller)
+    assert sorted(whole.output_meter_ids) == sorted([branch_a.meter_id, branch_b.meter_id])
+    assert list(whole.input_meter_ids) == [meter_in.meter_id]
+    assert all(w.measured_efficiency == pytest.approx(0.96) for w in whole.windows) and not whole.alert
+
+    # One branch alone carries half the output: named, it is what is compared (and it drifts far below the curve).
+    one = pb.EvaluateEfficiencyDriftRequest()
+    one.CopyFrom(request)
+    one.output_meter_ids.append(branch_a.meter_id)
+    half = await energy.call("EvaluateEfficiencyDrift", one, energy.data_center.caller)
+    assert list(half.output_meter_ids) == [branch_a.meter_id]
+    assert half.windows[0].measured_efficiency == pytest.approx(0.48) and half.alert and half.finding_id
+    published = [
+        pb.EfficiencyDriftDetected.FromString(p)
+        for p in await energy.outbox("greenmesh.energy.v1.EfficiencyDriftDetected")
+    ]
+    assert [(list(e.input_meter_ids), list(e.output_meter_ids)) for e in published] == [
+        ([meter_in.meter_id], [branch_a.meter_id])
+    ]
+
+    # Meters named in the wrong role, not of the asset, or twice are field violations.
+    other = await energy.meter(role=pb.METER_ROLE_OUTPUT)
+    wrong = pb.EvaluateEfficiencyDriftRequest()
+    wrong.CopyFrom(request)
+    wrong.input_meter_ids.extend([branch_a.meter_id, meter_in.meter_id, meter_in.meter_id])
+    wrong.output_meter_ids.append(other.meter_id)
+    error = await energy.refused("EvaluateEfficiencyDrift", wrong, energy.data_center.caller)
+    assert has_violation(error, "input_meter_ids[0]", "not an INPUT energy meter of the asset")
+    assert has_violation(error, "input_meter_ids[2]", "named twice")
+    assert has_violation(error, "output_meter_ids[0]", "not an OUTPUT energy meter of the asset")
+
+    # Meters of different intervals cannot be compared interval by interval: by default that is a precondition;
+    # naming meters of one interval works.
+    await energy.meter(asset_id=asset.asset_id, role=pb.METER_ROLE_OUTPUT, interval=minutes(60))
+    mixed = await energy.refused("EvaluateEfficiencyDrift", request, energy.data_center.caller)
+    assert mixed.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(mixed) == "METER_INTERVALS_DIFFER"
+    both = pb.EvaluateEfficiencyDriftRequest()
+    both.CopyFrom(request)
+    both.output_meter_ids.extend([branch_a.meter_id, branch_b.meter_id])
+    assert not (await energy.call("EvaluateEfficiencyDrift", both, energy.data_center.caller)).alert

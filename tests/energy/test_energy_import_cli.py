@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from greenmesh.energy.v1 import energy_pb2 as pb
-from tests.energy.conftest import T0, Energy
+from tests.energy.conftest import T0, Energy, minutes
 
 GREENMESH = [sys.executable, "-m", "greenmesh_cli"]
 SUMMARY = re.compile(
@@ -75,3 +75,35 @@ async def test_a_bad_row_refuses_its_batch_and_is_named_by_line(energy: Energy, 
     assert await energy.count("reading") == 0
     missing = await run_cli(energy, str(tmp_path / "nope.csv"))
     assert missing[0] == 2 and "no such file" in missing[1]
+
+
+async def test_series_values_import_from_the_same_file(energy: Energy, tmp_path: Path) -> None:
+    meter = await energy.meter()
+    series = (
+        await energy.call(
+            "CreateIndependentSeries",
+            pb.CreateIndependentSeriesRequest(
+                series=pb.IndependentSeries(
+                    site_id=energy.data_center.id, name="outdoor_temp_c", unit=pb.UNIT_DEG_C, interval=minutes(15)
+                )
+            ),
+            energy.data_center.caller,
+        )
+    ).series
+    path = tmp_path / "mixed.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["meter_id", "series_id", "start", "end", "value"])
+        for i in range(4):  # meter rows leave series_id empty
+            owner, start, end, value, _ = quarter(meter.meter_id, i, 10)
+            writer.writerow([owner, "", start, end, value])
+        for i in range(6):  # series rows leave meter_id empty; a temperature may be negative
+            owner, start, end, value, _ = quarter(series.series_id, i, -2.5 + i)
+            writer.writerow(["", owner, start, end, value])
+        _, start, end, value, _ = quarter(meter.meter_id, 9, 1)
+        writer.writerow([meter.meter_id, series.series_id, start, end, value])  # both: refused locally
+    status, output = await run_cli(energy, str(path))
+    assert status == 1, output
+    assert SUMMARY.search(output).groups() == ("11", "10", "0", "0", "0", "1")  # type: ignore[union-attr]
+    assert "not both" in output
+    assert await energy.count("series_value") == 6 and await energy.count("reading") == 4

@@ -8,7 +8,9 @@ Formulas (n = baseline points used, p = model parameters including the intercept
   temperature…), not only weather (§0 item 3);
 - avoided energy (IPMVP Core Concepts; CalTRACK §3.6.1): Σ f_base(X_t) - Σ E_t + non-routine adjustments, over
   the reporting intervals with complete data;
-- normalised savings (IPMVP fixed conditions; nmecr): Σ f_base(X*) - Σ f_report(X*);
+- normalised savings (IPMVP fixed conditions; nmecr ``normalized_savings_and_uncertainty.R``):
+  Σ f_base(X*) - Σ f_report(X*), f_report fitted on the reporting period like f_base on the baseline, both applied
+  to the same normal conditions X* (a reference year, a reference load profile) over the plan's intervals;
 - CV(RMSE) = √(Σ(y - ŷ)² / (n - p)) / ȳ (ASHRAE G14-2014, the n - p variant);
 - NMBE = Σ(y - ŷ) / ((n - p)·ȳ) (G14), sign convention :attr:`NmbeConvention.OBSERVED_MINUS_PREDICTED`:
   positive means the model under-predicts (observations above the model);
@@ -92,6 +94,11 @@ class Granularity(StrEnum):
     MONTHLY = "MONTHLY"
 
 
+CALENDAR_MONTH: Final = dt.timedelta(days=30)
+"""The nominal interval of a monthly plan: :func:`granularity_of` gives MONTHLY; its slots are calendar months,
+which the caller aligns (the series of a monthly plan hold one value per month, however long)."""
+
+
 def granularity_of(interval: dt.timedelta) -> Granularity:
     if interval < dt.timedelta(days=1):
         return Granularity.HOURLY
@@ -119,6 +126,7 @@ class MvPlan:
     interval: dt.timedelta  # of the aligned series (15 minutes, one hour, one day, one month ≥ 28 days)
     independent_variables: tuple[str, ...] = ()
     confidence: float = 0.90  # of the reported FSU (CalTRACK reports 90 % two-sided)
+    normal_period: Period | None = None  # the fixed conditions of normalised savings (None: avoided energy only)
 
     @property
     def granularity(self) -> Granularity:
@@ -154,6 +162,12 @@ def plan_violations(plan: MvPlan, measure: Measure) -> list[FieldViolation]:
     reporting = span_violations(plan.reporting_period, "reporting_period")
     installation = span_violations(measure.installation, "measure.installation")
     found += baseline + reporting + installation
+    if plan.normal_period is not None:
+        found += span_violations(plan.normal_period, "normal_conditions.period")
+        if not plan.independent_variables:
+            found.append(
+                FieldViolation("normal_conditions", "normal conditions need at least one independent variable")
+            )
     if baseline or reporting or installation:
         return found
     if plan.baseline_period.overlaps(plan.reporting_period):
@@ -420,21 +434,25 @@ def _design(
 
 
 def fit_baseline(
-    energy: Values, variables: Mapping[str, Values], *, names: Sequence[str] | None = None
+    energy: Values, variables: Mapping[str, Values], *, names: Sequence[str] | None = None, field: str = "baseline"
 ) -> BaselineModel:
     """Ordinary least squares of ``energy`` on ``variables`` (NaN = missing; incomplete rows are dropped).
 
     Refuses fewer complete points than parameters + 1, a non-positive mean energy, and constant or collinear
-    variables (the design matrix must have full rank)."""
+    variables (the design matrix must have full rank). ``field`` names the period in violations ("reporting" for
+    the reporting model of normalised savings)."""
     order = tuple(names) if names is not None else tuple(variables)
-    y_all, x_all, complete = _design(energy, variables, order, "baseline")
+    y_all, x_all, complete = _design(energy, variables, order, field)
     y, x = y_all[complete], x_all[complete]
     p = len(order) + 1
     if y.size - p < 1:
-        raise _fail("baseline.energy", f"{y.size} complete points cannot fit {p} parameters")
+        raise _fail(f"{field}.energy", f"{y.size} complete points cannot fit {p} parameters")
     beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
     if rank < p:
-        raise _fail("independent_variables", "constant or collinear variables: the baseline model is not identifiable")
+        raise _fail(
+            "independent_variables",
+            f"constant or collinear variables over the {field} period: the {field} model is not identifiable",
+        )
     predicted = x @ beta
     residual = y - predicted
     r2 = r_squared(y, predicted)
@@ -530,6 +548,39 @@ def normalised_savings(
     if not keep.any():
         raise _fail("normal_conditions", "no complete row")
     return NormalisedSavings(float(base[keep].sum()), float(after[keep].sum()))
+
+
+@dataclass(frozen=True)
+class NormalisedResult:
+    """Normalised savings with what they rest on: the reporting model and the normal conditions used."""
+
+    period: Period  # of the normal conditions
+    reporting_model: BaselineModel  # f_report, with its statistics on the reporting data
+    savings: NormalisedSavings
+    points: int  # normal-condition intervals with every variable present
+    coverage: float  # points / intervals of the normal period
+
+
+def normalised_result(
+    baseline_model: BaselineModel,
+    reporting_energy: Values,
+    reporting_variables: Mapping[str, Values],
+    normal_conditions: Mapping[str, Values],
+    *,
+    period: Period,
+    expected: int,
+) -> NormalisedResult:
+    """Fit f_report on the reporting period (same variables, same rules as the baseline) and apply both models to
+    the normal conditions (NaN = missing; incomplete rows are left out and lower the coverage)."""
+    names = baseline_model.variables
+    size = _series_length(normal_conditions, names, "normal_conditions", None)
+    reporting_model = fit_baseline(reporting_energy, reporting_variables, names=names, field="reporting")
+    savings = normalised_savings(baseline_model, reporting_model, normal_conditions)
+    complete = np.ones(size, dtype=np.bool_)
+    for name in names:
+        complete &= np.isfinite(np.asarray(normal_conditions[name], dtype=np.float64))
+    points = int(complete.sum())
+    return NormalisedResult(period, reporting_model, savings, points, points / expected if expected else 0.0)
 
 
 @dataclass(frozen=True)
@@ -728,6 +779,7 @@ class SavingsResult:
     verdict: SufficiencyVerdict
     nmbe_convention: NmbeConvention = NMBE_CONVENTION
     cv_rmse_variant: str = CV_RMSE_VARIANT
+    normalised: NormalisedResult | None = None  # when the plan states normal conditions
 
 
 def _expected_slots(period: Period, interval: dt.timedelta, given: int, field: str) -> int:
@@ -754,9 +806,14 @@ def evaluate_savings(
     *,
     adjustments: Sequence[NonRoutineAdjustment] = (),
     thresholds: AcceptanceThresholds | None = None,
+    normal_conditions: Mapping[str, Sequence[float | None] | FloatArray] | None = None,
 ) -> SavingsResult:
-    """Fit the baseline, compute avoided energy, its uncertainty and the sufficiency verdict for one plan."""
+    """Fit the baseline, compute avoided energy, its uncertainty and the sufficiency verdict for one plan; with
+    normal conditions (the plan's ``normal_period``, one value per interval of it for every variable) also the
+    normalised savings."""
     require_valid_plan(plan, measure)
+    if (plan.normal_period is None) != (normal_conditions is None):
+        raise _fail("normal_conditions", "given exactly when the plan states a normal period")
     rules = thresholds if thresholds is not None else default_thresholds(plan)
     names = plan.independent_variables
     data: dict[str, tuple[FloatArray, dict[str, FloatArray], float]] = {}
@@ -784,6 +841,14 @@ def evaluate_savings(
     verdict = sufficiency_verdict(
         model, baseline_coverage=base_coverage, reporting_coverage=rep_coverage, fsu=judged.fsu, thresholds=rules
     )
+    normalised = None
+    if plan.normal_period is not None and normal_conditions is not None:
+        normal = {name: _as_values(values) for name, values in normal_conditions.items()}
+        size = _series_length(normal, names, "normal_conditions", None)
+        expected = size if plan.granularity is Granularity.MONTHLY else intervals_in(plan.normal_period, plan.interval)
+        normalised = normalised_result(
+            model, rep_energy, rep_variables, normal, period=plan.normal_period, expected=expected
+        )
     return SavingsResult(
         option=plan.option,
         baseline_period=plan.baseline_period,
@@ -796,6 +861,7 @@ def evaluate_savings(
         baseline_coverage=base_coverage,
         reporting_coverage=rep_coverage,
         verdict=verdict,
+        normalised=normalised,
     )
 
 

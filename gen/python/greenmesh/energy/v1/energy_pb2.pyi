@@ -418,6 +418,30 @@ QUALITY_FLAG_OUT_OF_RANGE: QualityFlag.ValueType  # 4
 QUALITY_FLAG_STUCK: QualityFlag.ValueType  # 5
 Global___QualityFlag: _TypeAlias = QualityFlag  # noqa: Y015
 
+class _SeriesAggregation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SeriesAggregationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeriesAggregation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERIES_AGGREGATION_UNSPECIFIED: _SeriesAggregation.ValueType  # 0
+    SERIES_AGGREGATION_SUM: _SeriesAggregation.ValueType  # 1
+    """Energy, volume, traffic volume, calls: the amount of each interval."""
+    SERIES_AGGREGATION_MEAN: _SeriesAggregation.ValueType  # 2
+    """Temperature, power, a count of users: the mean level over each interval."""
+
+class SeriesAggregation(_SeriesAggregation, metaclass=_SeriesAggregationEnumTypeWrapper):
+    """How a series' values combine into a longer interval (an M&V plan's): amounts per interval are summed (and can
+    never be negative), levels and rates are averaged over time.
+    """
+
+SERIES_AGGREGATION_UNSPECIFIED: SeriesAggregation.ValueType  # 0
+SERIES_AGGREGATION_SUM: SeriesAggregation.ValueType  # 1
+"""Energy, volume, traffic volume, calls: the amount of each interval."""
+SERIES_AGGREGATION_MEAN: SeriesAggregation.ValueType  # 2
+"""Temperature, power, a count of users: the mean level over each interval."""
+Global___SeriesAggregation: _TypeAlias = SeriesAggregation  # noqa: Y015
+
 class _OperatingState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1889,7 +1913,10 @@ class UploadReadingsRequest(_message.Message):
 
     METER_ID_FIELD_NUMBER: _builtins.int
     READINGS_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
     meter_id: _builtins.str
+    """Exactly one of the two: the batch is a meter's readings or an independent series' values."""
+    series_id: _builtins.str
     @_builtins.property
     def readings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reading]:
         """One batch, at most 10,000 readings."""
@@ -1899,10 +1926,11 @@ class UploadReadingsRequest(_message.Message):
         *,
         meter_id: _builtins.str = ...,
         readings: _abc.Iterable[Global___Reading] | None = ...,
+        series_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meter_id", b"meter_id", "readings", b"readings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meter_id", b"meter_id", "readings", b"readings", "series_id", b"series_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1941,11 +1969,13 @@ class BatchProblem(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELD_PROBLEMS_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
     message_index: _builtins.int
     meter_id: _builtins.str
     code: _builtins.str
     """The status the same batch gets from UpsertReadings, e.g. "INVALID_ARGUMENT"."""
     message: _builtins.str
+    series_id: _builtins.str
     @_builtins.property
     def field_problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldProblem]: ...
     def __init__(
@@ -1956,10 +1986,11 @@ class BatchProblem(_message.Message):
         code: _builtins.str = ...,
         message: _builtins.str = ...,
         field_problems: _abc.Iterable[Global___FieldProblem] | None = ...,
+        series_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_problems", b"field_problems", "message", b"message", "message_index", b"message_index", "meter_id", b"meter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_problems", b"field_problems", "message", b"message", "message_index", b"message_index", "meter_id", b"meter_id", "series_id", b"series_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2064,6 +2095,305 @@ class ListReadingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListReadingsResponse: _TypeAlias = ListReadingsResponse  # noqa: Y015
+
+@_typing.final
+class IndependentSeries(_message.Message):
+    """A series of an independent variable that is not one of the site's meters (research note energy.md §3.4
+    IndependentVariableSeries): IT load, traffic in TB or Erl, outdoor temperature, a normal-year profile.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    UNIT_LABEL_FIELD_NUMBER: _builtins.int
+    AGGREGATION_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """Output only."""
+    site_id: _builtins.str
+    """A registry facility of type DATA_CENTER or BASE_STATION."""
+    name: _builtins.str
+    """snake_case, unique at the site, e.g. "outdoor_temp_c"."""
+    unit: Global___Unit.ValueType
+    """Exactly one of unit (a unit of the enum) and unit_label (what the enum does not list: "TB", "Erl")."""
+    unit_label: _builtins.str
+    aggregation: Global___SeriesAggregation.ValueType
+    """Required with unit_label; with a unit its default follows the unit (kWh and m³ summed, the others
+    averaged), and the other one is a unit mismatch.
+    """
+    source: _builtins.str
+    """Where the values come from, e.g. "CMA station 58238" or "DCIM export"."""
+    created_by: _builtins.str
+    """Output only."""
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Every value's length; unset for irregular intervals (calendar months, billing periods)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        unit: Global___Unit.ValueType = ...,
+        unit_label: _builtins.str = ...,
+        aggregation: Global___SeriesAggregation.ValueType = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        source: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "create_time", b"create_time", "created_by", b"created_by", "interval", b"interval", "name", b"name", "series_id", b"series_id", "site_id", b"site_id", "source", b"source", "unit", b"unit", "unit_label", b"unit_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndependentSeries: _TypeAlias = IndependentSeries  # noqa: Y015
+
+@_typing.final
+class CreateIndependentSeriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def series(self) -> Global___IndependentSeries: ...
+    def __init__(
+        self,
+        *,
+        series: Global___IndependentSeries | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateIndependentSeriesRequest: _TypeAlias = CreateIndependentSeriesRequest  # noqa: Y015
+
+@_typing.final
+class CreateIndependentSeriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def series(self) -> Global___IndependentSeries: ...
+    def __init__(
+        self,
+        *,
+        series: Global___IndependentSeries | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateIndependentSeriesResponse: _TypeAlias = CreateIndependentSeriesResponse  # noqa: Y015
+
+@_typing.final
+class GetIndependentSeriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIndependentSeriesRequest: _TypeAlias = GetIndependentSeriesRequest  # noqa: Y015
+
+@_typing.final
+class GetIndependentSeriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def series(self) -> Global___IndependentSeries: ...
+    def __init__(
+        self,
+        *,
+        series: Global___IndependentSeries | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIndependentSeriesResponse: _TypeAlias = GetIndependentSeriesResponse  # noqa: Y015
+
+@_typing.final
+class ListIndependentSeriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    site_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIndependentSeriesRequest: _TypeAlias = ListIndependentSeriesRequest  # noqa: Y015
+
+@_typing.final
+class ListIndependentSeriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndependentSeries]: ...
+    def __init__(
+        self,
+        *,
+        series: _abc.Iterable[Global___IndependentSeries] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIndependentSeriesResponse: _TypeAlias = ListIndependentSeriesResponse  # noqa: Y015
+
+@_typing.final
+class UpsertSeriesValuesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reading]:
+        """At most 10,000 values, in the series' unit; consumption is never set."""
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        values: _abc.Iterable[Global___Reading] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series_id", b"series_id", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertSeriesValuesRequest: _TypeAlias = UpsertSeriesValuesRequest  # noqa: Y015
+
+@_typing.final
+class UpsertSeriesValuesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSERTED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    inserted: _builtins.int
+    updated: _builtins.int
+    unchanged: _builtins.int
+    flagged: _builtins.int
+    def __init__(
+        self,
+        *,
+        inserted: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        flagged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flagged", b"flagged", "inserted", b"inserted", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertSeriesValuesResponse: _TypeAlias = UpsertSeriesValuesResponse  # noqa: Y015
+
+@_typing.final
+class ListSeriesValuesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "series_id", b"series_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSeriesValuesRequest: _TypeAlias = ListSeriesValuesRequest  # noqa: Y015
+
+@_typing.final
+class ListSeriesValuesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reading]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[Global___Reading] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSeriesValuesResponse: _TypeAlias = ListSeriesValuesResponse  # noqa: Y015
 
 @_typing.final
 class OperatingStateInterval(_message.Message):
@@ -2416,6 +2746,8 @@ class EvaluateEfficiencyDriftRequest(_message.Message):
     THRESHOLD_PP_FIELD_NUMBER: _builtins.int
     CONSECUTIVE_WINDOWS_FIELD_NUMBER: _builtins.int
     POWER_FACTOR_FIELD_NUMBER: _builtins.int
+    INPUT_METER_IDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_METER_IDS_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     threshold_pp: _builtins.float
     """Percentage points below the curve that count as drift; default 2."""
@@ -2429,6 +2761,16 @@ class EvaluateEfficiencyDriftRequest(_message.Message):
     def window(self) -> _duration_pb2.Duration:
         """Default one day."""
 
+    @_builtins.property
+    def input_meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The meters compared: INPUT (resp. OUTPUT) energy meters of the asset, all of one interval. Unset: every
+        INPUT (resp. OUTPUT) energy meter of the asset, summed, because the curve describes the whole unit (a dual-
+        feed UPS has two input meters; one of them alone would halve its input). Name a subset to follow one path
+        of the chain or to leave out a faulty meter. An interval counts only when every meter compared has it.
+        """
+
+    @_builtins.property
+    def output_meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -2438,10 +2780,12 @@ class EvaluateEfficiencyDriftRequest(_message.Message):
         threshold_pp: _builtins.float | None = ...,
         consecutive_windows: _builtins.int = ...,
         power_factor: _builtins.float | None = ...,
+        input_meter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        output_meter_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_power_factor", b"_power_factor", "_threshold_pp", b"_threshold_pp", "period", b"period", "power_factor", b"power_factor", "threshold_pp", b"threshold_pp", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_power_factor", b"_power_factor", "_threshold_pp", b"_threshold_pp", "asset_id", b"asset_id", "consecutive_windows", b"consecutive_windows", "period", b"period", "power_factor", b"power_factor", "threshold_pp", b"threshold_pp", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_power_factor", b"_power_factor", "_threshold_pp", b"_threshold_pp", "asset_id", b"asset_id", "consecutive_windows", b"consecutive_windows", "input_meter_ids", b"input_meter_ids", "output_meter_ids", b"output_meter_ids", "period", b"period", "power_factor", b"power_factor", "threshold_pp", b"threshold_pp", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__power_factor: _TypeAlias = _typing.Literal["power_factor"]  # noqa: Y015
     _WhichOneofArgType__power_factor: _TypeAlias = _typing.Literal["_power_factor", b"_power_factor"]  # noqa: Y015
@@ -2529,6 +2873,8 @@ class EvaluateEfficiencyDriftResponse(_message.Message):
     CONSECUTIVE_WINDOWS_FIELD_NUMBER: _builtins.int
     ALERT_FIELD_NUMBER: _builtins.int
     FINDING_ID_FIELD_NUMBER: _builtins.int
+    INPUT_METER_IDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_METER_IDS_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     threshold_pp: _builtins.float
     consecutive_windows: _builtins.int
@@ -2538,6 +2884,12 @@ class EvaluateEfficiencyDriftResponse(_message.Message):
     """Set when this call recorded a new drift finding (and published EfficiencyDriftDetected)."""
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___EfficiencyWindow]: ...
+    @_builtins.property
+    def input_meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The meters compared."""
+
+    @_builtins.property
+    def output_meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -2547,10 +2899,12 @@ class EvaluateEfficiencyDriftResponse(_message.Message):
         consecutive_windows: _builtins.int = ...,
         alert: _builtins.bool = ...,
         finding_id: _builtins.str = ...,
+        input_meter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        output_meter_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "asset_id", b"asset_id", "consecutive_windows", b"consecutive_windows", "finding_id", b"finding_id", "threshold_pp", b"threshold_pp", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "asset_id", b"asset_id", "consecutive_windows", b"consecutive_windows", "finding_id", b"finding_id", "input_meter_ids", b"input_meter_ids", "output_meter_ids", b"output_meter_ids", "threshold_pp", b"threshold_pp", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2875,31 +3229,171 @@ class CreateMeasureResponse(_message.Message):
 Global___CreateMeasureResponse: _TypeAlias = CreateMeasureResponse  # noqa: Y015
 
 @_typing.final
+class GetMeasureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEASURE_ID_FIELD_NUMBER: _builtins.int
+    measure_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        measure_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["measure_id", b"measure_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMeasureRequest: _TypeAlias = GetMeasureRequest  # noqa: Y015
+
+@_typing.final
+class GetMeasureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEASURE_FIELD_NUMBER: _builtins.int
+    PLAN_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def measure(self) -> Global___Measure: ...
+    @_builtins.property
+    def plan_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its M&V plans, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        measure: Global___Measure | None = ...,
+        plan_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measure", b"measure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["measure", b"measure", "plan_ids", b"plan_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMeasureResponse: _TypeAlias = GetMeasureResponse  # noqa: Y015
+
+@_typing.final
+class ListMeasuresRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_ID_FIELD_NUMBER: _builtins.int
+    MEASURE_TYPE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    site_id: _builtins.str
+    operator_id: _builtins.str
+    """The operator of the measures' sites."""
+    measure_type: Global___MeasureType.ValueType
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        operator_id: _builtins.str = ...,
+        measure_type: Global___MeasureType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["measure_type", b"measure_type", "operator_id", b"operator_id", "page_size", b"page_size", "page_token", b"page_token", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMeasuresRequest: _TypeAlias = ListMeasuresRequest  # noqa: Y015
+
+@_typing.final
+class ListMeasuresResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEASURES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def measures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Measure]: ...
+    def __init__(
+        self,
+        *,
+        measures: _abc.Iterable[Global___Measure] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["measures", b"measures", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMeasuresResponse: _TypeAlias = ListMeasuresResponse  # noqa: Y015
+
+@_typing.final
 class IndependentVariable(_message.Message):
-    """An independent variable of the baseline model: any series a meter of the site records (IT load, outdoor
-    temperature...), aligned to the plan's interval (sums for energy and volume, means for the others).
+    """An independent variable of the baseline model: any series of the site (IT load, traffic, outdoor
+    temperature...), from one of its meters or one of its independent series, aligned to the plan's interval
+    (meters: sums for energy and volume, time-weighted means for the others; series: by their aggregation).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     METER_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """snake_case, e.g. "it_load_kwh"."""
     meter_id: _builtins.str
+    series_id: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         meter_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meter_id", b"meter_id", "series_id", b"series_id", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meter_id", b"meter_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meter_id", b"meter_id", "name", b"name", "series_id", b"series_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["meter_id", "series_id"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___IndependentVariable: _TypeAlias = IndependentVariable  # noqa: Y015
+
+@_typing.final
+class NormalConditions(_message.Message):
+    """IPMVP fixed conditions for normalised savings: the baseline model and a model fitted on the reporting period
+    are both applied to the independent variables over this period (a reference year, a reference load profile).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def period(self) -> Global___Period:
+        """Whole intervals of the plan, like its other periods."""
+
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndependentVariable]:
+        """Where a variable's normal values come from (by the plan variable's name); a plan variable not listed here
+        takes its values from its own source over the period.
+        """
+
+    def __init__(
+        self,
+        *,
+        period: Global___Period | None = ...,
+        variables: _abc.Iterable[Global___IndependentVariable] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IndependentVariable: _TypeAlias = IndependentVariable  # noqa: Y015
+Global___NormalConditions: _TypeAlias = NormalConditions  # noqa: Y015
 
 @_typing.final
 class MvPlan(_message.Message):
@@ -2915,12 +3409,18 @@ class MvPlan(_message.Message):
     INTERVAL_FIELD_NUMBER: _builtins.int
     INDEPENDENT_VARIABLES_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    MONTHLY_FIELD_NUMBER: _builtins.int
+    NORMAL_CONDITIONS_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Output only."""
     measure_id: _builtins.str
     option: Global___IpmvpOption.ValueType
     confidence: _builtins.float
     """Of the reported fractional savings uncertainty, two-sided; default 0.9."""
+    monthly: _builtins.bool
+    """A monthly plan: the slots are calendar months (UTC+8), the periods start and end at 00:00 on the 1st, and
+    every source's interval divides one day or is irregular with each reading inside one month.
+    """
     @_builtins.property
     def measurement_boundary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets and meters inside the measurement boundary."""
@@ -2935,10 +3435,18 @@ class MvPlan(_message.Message):
     def reporting_period(self) -> Global___Period: ...
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
-        """The interval of the aligned series: a multiple of the meters' interval, at most one day."""
+        """The interval of the aligned series for a 15-minute, hourly or daily plan: it divides one day and is a
+        multiple of every source's interval. Readings are aggregated to it before the regression; a slot counts when
+        every source covers it completely. The periods start and end on its boundaries, counted from 00:00 China
+        Standard Time (UTC+8). Unset for a monthly plan.
+        """
 
     @_builtins.property
     def independent_variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndependentVariable]: ...
+    @_builtins.property
+    def normal_conditions(self) -> Global___NormalConditions:
+        """Set to also compute normalised savings."""
+
     def __init__(
         self,
         *,
@@ -2952,10 +3460,12 @@ class MvPlan(_message.Message):
         interval: _duration_pb2.Duration | None = ...,
         independent_variables: _abc.Iterable[Global___IndependentVariable] | None = ...,
         confidence: _builtins.float = ...,
+        monthly: _builtins.bool = ...,
+        normal_conditions: Global___NormalConditions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline_period", b"baseline_period", "interval", b"interval", "reporting_period", b"reporting_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline_period", b"baseline_period", "interval", b"interval", "normal_conditions", b"normal_conditions", "reporting_period", b"reporting_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_period", b"baseline_period", "confidence", b"confidence", "energy_meter_ids", b"energy_meter_ids", "independent_variables", b"independent_variables", "interval", b"interval", "measure_id", b"measure_id", "measurement_boundary", b"measurement_boundary", "option", b"option", "plan_id", b"plan_id", "reporting_period", b"reporting_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_period", b"baseline_period", "confidence", b"confidence", "energy_meter_ids", b"energy_meter_ids", "independent_variables", b"independent_variables", "interval", b"interval", "measure_id", b"measure_id", "measurement_boundary", b"measurement_boundary", "monthly", b"monthly", "normal_conditions", b"normal_conditions", "option", b"option", "plan_id", b"plan_id", "reporting_period", b"reporting_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3000,6 +3510,49 @@ class CreateMvPlanResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateMvPlanResponse: _TypeAlias = CreateMvPlanResponse  # noqa: Y015
+
+@_typing.final
+class GetMvPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMvPlanRequest: _TypeAlias = GetMvPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetMvPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    """Its evaluation (every version shares the id); empty until the plan is evaluated."""
+    @_builtins.property
+    def plan(self) -> Global___MvPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___MvPlan | None = ...,
+        evaluation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMvPlanResponse: _TypeAlias = GetMvPlanResponse  # noqa: Y015
 
 @_typing.final
 class NonRoutineAdjustment(_message.Message):
@@ -3250,6 +3803,7 @@ class SavingsResult(_message.Message):
     VERDICT_FIELD_NUMBER: _builtins.int
     NMBE_CONVENTION_FIELD_NUMBER: _builtins.int
     CV_RMSE_VARIANT_FIELD_NUMBER: _builtins.int
+    NORMALISED_FIELD_NUMBER: _builtins.int
     option: Global___IpmvpOption.ValueType
     adjusted_baseline_kwh: _builtins.float
     reporting_kwh: _builtins.float
@@ -3278,6 +3832,10 @@ class SavingsResult(_message.Message):
     def uncertainty(self) -> Global___SavingsUncertainty: ...
     @_builtins.property
     def verdict(self) -> Global___SufficiencyVerdict: ...
+    @_builtins.property
+    def normalised(self) -> Global___NormalisedSavings:
+        """Set when the plan states normal conditions."""
+
     def __init__(
         self,
         *,
@@ -3299,16 +3857,67 @@ class SavingsResult(_message.Message):
         verdict: Global___SufficiencyVerdict | None = ...,
         nmbe_convention: Global___NmbeConvention.ValueType = ...,
         cv_rmse_variant: _builtins.str = ...,
+        normalised: Global___NormalisedSavings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction", "baseline_period", b"baseline_period", "model", b"model", "reporting_period", b"reporting_period", "savings_fraction", b"savings_fraction", "uncertainty", b"uncertainty", "verdict", b"verdict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction", "baseline_period", b"baseline_period", "model", b"model", "normalised", b"normalised", "reporting_period", b"reporting_period", "savings_fraction", b"savings_fraction", "uncertainty", b"uncertainty", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction", "adjusted_baseline_kwh", b"adjusted_baseline_kwh", "adjustments", b"adjustments", "baseline_coverage", b"baseline_coverage", "baseline_period", b"baseline_period", "cv_rmse_variant", b"cv_rmse_variant", "model", b"model", "nmbe_convention", b"nmbe_convention", "non_routine_kwh", b"non_routine_kwh", "option", b"option", "reporting_coverage", b"reporting_coverage", "reporting_kwh", b"reporting_kwh", "reporting_period", b"reporting_period", "reporting_points", b"reporting_points", "savings_fraction", b"savings_fraction", "savings_kwh", b"savings_kwh", "uncertainty", b"uncertainty", "variables", b"variables", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction", "adjusted_baseline_kwh", b"adjusted_baseline_kwh", "adjustments", b"adjustments", "baseline_coverage", b"baseline_coverage", "baseline_period", b"baseline_period", "cv_rmse_variant", b"cv_rmse_variant", "model", b"model", "nmbe_convention", b"nmbe_convention", "non_routine_kwh", b"non_routine_kwh", "normalised", b"normalised", "option", b"option", "reporting_coverage", b"reporting_coverage", "reporting_kwh", b"reporting_kwh", "reporting_period", b"reporting_period", "reporting_points", b"reporting_points", "savings_fraction", b"savings_fraction", "savings_kwh", b"savings_kwh", "uncertainty", b"uncertainty", "variables", b"variables", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__savings_fraction: _TypeAlias = _typing.Literal["savings_fraction"]  # noqa: Y015
     _WhichOneofArgType__savings_fraction: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__savings_fraction) -> _WhichOneofReturnType__savings_fraction | None: ...
 
 Global___SavingsResult: _TypeAlias = SavingsResult  # noqa: Y015
+
+@_typing.final
+class NormalisedSavings(_message.Message):
+    """IPMVP normalised savings: Σ f_base(X*) - Σ f_report(X*) over the normal conditions X*."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORMAL_PERIOD_FIELD_NUMBER: _builtins.int
+    REPORTING_MODEL_FIELD_NUMBER: _builtins.int
+    BASELINE_KWH_FIELD_NUMBER: _builtins.int
+    REPORTING_KWH_FIELD_NUMBER: _builtins.int
+    SAVINGS_KWH_FIELD_NUMBER: _builtins.int
+    SAVINGS_FRACTION_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    baseline_kwh: _builtins.float
+    """Over the normal-condition intervals where every variable is present."""
+    reporting_kwh: _builtins.float
+    savings_kwh: _builtins.float
+    savings_fraction: _builtins.float
+    points: _builtins.int
+    coverage: _builtins.float
+    """points / the intervals of the normal period."""
+    @_builtins.property
+    def normal_period(self) -> Global___Period: ...
+    @_builtins.property
+    def reporting_model(self) -> Global___BaselineModel:
+        """f_report: fitted on the reporting period like the baseline model (its statistics on the reporting data)."""
+
+    def __init__(
+        self,
+        *,
+        normal_period: Global___Period | None = ...,
+        reporting_model: Global___BaselineModel | None = ...,
+        baseline_kwh: _builtins.float = ...,
+        reporting_kwh: _builtins.float = ...,
+        savings_kwh: _builtins.float = ...,
+        savings_fraction: _builtins.float | None = ...,
+        points: _builtins.int = ...,
+        coverage: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction", "normal_period", b"normal_period", "reporting_model", b"reporting_model", "savings_fraction", b"savings_fraction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction", "baseline_kwh", b"baseline_kwh", "coverage", b"coverage", "normal_period", b"normal_period", "points", b"points", "reporting_kwh", b"reporting_kwh", "reporting_model", b"reporting_model", "savings_fraction", b"savings_fraction", "savings_kwh", b"savings_kwh"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__savings_fraction: _TypeAlias = _typing.Literal["savings_fraction"]  # noqa: Y015
+    _WhichOneofArgType__savings_fraction: _TypeAlias = _typing.Literal["_savings_fraction", b"_savings_fraction"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__savings_fraction) -> _WhichOneofReturnType__savings_fraction | None: ...
+
+Global___NormalisedSavings: _TypeAlias = NormalisedSavings  # noqa: Y015
 
 @_typing.final
 class Evaluation(_message.Message):
@@ -3696,6 +4305,8 @@ class EfficiencyDriftDetected(_message.Message):
     SITE_ID_FIELD_NUMBER: _builtins.int
     WINDOWS_FIELD_NUMBER: _builtins.int
     THRESHOLD_PP_FIELD_NUMBER: _builtins.int
+    INPUT_METER_IDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_METER_IDS_FIELD_NUMBER: _builtins.int
     finding_id: _builtins.str
     asset_id: _builtins.str
     site_id: _builtins.str
@@ -3706,6 +4317,12 @@ class EfficiencyDriftDetected(_message.Message):
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___EfficiencyWindow]:
         """The consecutive drifted windows that raised it, oldest first."""
 
+    @_builtins.property
+    def input_meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The meters compared."""
+
+    @_builtins.property
+    def output_meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -3715,10 +4332,12 @@ class EfficiencyDriftDetected(_message.Message):
         site_id: _builtins.str = ...,
         windows: _abc.Iterable[Global___EfficiencyWindow] | None = ...,
         threshold_pp: _builtins.float = ...,
+        input_meter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        output_meter_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "finding_id", b"finding_id", "metadata", b"metadata", "site_id", b"site_id", "threshold_pp", b"threshold_pp", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "finding_id", b"finding_id", "input_meter_ids", b"input_meter_ids", "metadata", b"metadata", "output_meter_ids", b"output_meter_ids", "site_id", b"site_id", "threshold_pp", b"threshold_pp", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,6 +126,31 @@ class EnergyServiceStub:
                 request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListReadingsRequest.SerializeToString,
                 response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListReadingsResponse.FromString,
                 _registered_method=True)
+        self.CreateIndependentSeries = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/CreateIndependentSeries',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateIndependentSeriesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateIndependentSeriesResponse.FromString,
+                _registered_method=True)
+        self.GetIndependentSeries = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/GetIndependentSeries',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetIndependentSeriesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetIndependentSeriesResponse.FromString,
+                _registered_method=True)
+        self.ListIndependentSeries = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/ListIndependentSeries',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListIndependentSeriesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListIndependentSeriesResponse.FromString,
+                _registered_method=True)
+        self.UpsertSeriesValues = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/UpsertSeriesValues',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.UpsertSeriesValuesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.UpsertSeriesValuesResponse.FromString,
+                _registered_method=True)
+        self.ListSeriesValues = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/ListSeriesValues',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListSeriesValuesRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListSeriesValuesResponse.FromString,
+                _registered_method=True)
         self.RecordOperatingStates = channel.unary_unary(
                 '/greenmesh.energy.v1.EnergyService/RecordOperatingStates',
                 request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.RecordOperatingStatesRequest.SerializeToString,
@@ -166,10 +191,25 @@ class EnergyServiceStub:
                 request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMeasureRequest.SerializeToString,
                 response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMeasureResponse.FromString,
                 _registered_method=True)
+        self.GetMeasure = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/GetMeasure',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMeasureRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMeasureResponse.FromString,
+                _registered_method=True)
+        self.ListMeasures = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/ListMeasures',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListMeasuresRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListMeasuresResponse.FromString,
+                _registered_method=True)
         self.CreateMvPlan = channel.unary_unary(
                 '/greenmesh.energy.v1.EnergyService/CreateMvPlan',
                 request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMvPlanRequest.SerializeToString,
                 response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMvPlanResponse.FromString,
+                _registered_method=True)
+        self.GetMvPlan = channel.unary_unary(
+                '/greenmesh.energy.v1.EnergyService/GetMvPlan',
+                request_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMvPlanRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMvPlanResponse.FromString,
                 _registered_method=True)
         self.EvaluateSavings = channel.unary_unary(
                 '/greenmesh.energy.v1.EnergyService/EvaluateSavings',
@@ -308,14 +348,49 @@ class EnergyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadReadings(self, request_iterator, context):
-        """Bulk upload: each message is one batch (one meter), upserted in its own transaction; a rejected batch is
-        reported in the summary and stores nothing, the others are stored.
+        """Bulk upload: each message is one batch (one meter's readings or one independent series' values), upserted in
+        its own transaction; a rejected batch is reported in the summary and stores nothing, the others are stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListReadings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateIndependentSeries(self, request, context):
+        """A named series of an independent variable that no meter of the site records (outdoor temperature from a
+        weather station, traffic, IT load from a DCIM export, a normal-year profile). The same name twice at one
+        site is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIndependentSeries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIndependentSeries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertSeriesValues(self, request, context):
+        """Upserts a batch of one series' values on (series, start, end), idempotently, with the checks and quality
+        flags of readings; a rejected batch stores nothing. Large files go through UploadReadings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSeriesValues(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -349,8 +424,9 @@ class EnergyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateEfficiencyDrift(self, request, context):
-        """Measured efficiency per window against the catalogue curve at the same load. When the last windows all
-        drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
+        """Measured efficiency per window against the catalogue curve at the same load: the summed energy of the
+        asset's OUTPUT meters over that of its INPUT meters (all of them, or those the request names). When the
+        last windows all drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -376,8 +452,30 @@ class EnergyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMeasure(self, request, context):
+        """A measure with the ids of its M&V plans.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMeasures(self, request, context):
+        """The measures the caller may see, filtered by site, operator and measure type; page tokens are bound to the
+        filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateMvPlan(self, request, context):
-        """An M&V plan for a measure; its periods must fit the measure's installation period.
+        """An M&V plan for a measure; its periods must fit the measure's installation period and the plan's interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMvPlan(self, request, context):
+        """A plan with the id of its evaluation (empty until it is evaluated).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -506,6 +604,31 @@ def add_EnergyServiceServicer_to_server(servicer, server):
                     request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListReadingsRequest.FromString,
                     response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListReadingsResponse.SerializeToString,
             ),
+            'CreateIndependentSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateIndependentSeries,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateIndependentSeriesRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateIndependentSeriesResponse.SerializeToString,
+            ),
+            'GetIndependentSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIndependentSeries,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetIndependentSeriesRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetIndependentSeriesResponse.SerializeToString,
+            ),
+            'ListIndependentSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndependentSeries,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListIndependentSeriesRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListIndependentSeriesResponse.SerializeToString,
+            ),
+            'UpsertSeriesValues': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertSeriesValues,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.UpsertSeriesValuesRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.UpsertSeriesValuesResponse.SerializeToString,
+            ),
+            'ListSeriesValues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSeriesValues,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListSeriesValuesRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListSeriesValuesResponse.SerializeToString,
+            ),
             'RecordOperatingStates': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordOperatingStates,
                     request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.RecordOperatingStatesRequest.FromString,
@@ -546,10 +669,25 @@ def add_EnergyServiceServicer_to_server(servicer, server):
                     request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMeasureRequest.FromString,
                     response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMeasureResponse.SerializeToString,
             ),
+            'GetMeasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeasure,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMeasureRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMeasureResponse.SerializeToString,
+            ),
+            'ListMeasures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMeasures,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListMeasuresRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListMeasuresResponse.SerializeToString,
+            ),
             'CreateMvPlan': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateMvPlan,
                     request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMvPlanRequest.FromString,
                     response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMvPlanResponse.SerializeToString,
+            ),
+            'GetMvPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMvPlan,
+                    request_deserializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMvPlanRequest.FromString,
+                    response_serializer=greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMvPlanResponse.SerializeToString,
             ),
             'EvaluateSavings': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateSavings,
@@ -1054,6 +1192,141 @@ class EnergyService:
             _registered_method=True)
 
     @staticmethod
+    def CreateIndependentSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/CreateIndependentSeries',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateIndependentSeriesRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateIndependentSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIndependentSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/GetIndependentSeries',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetIndependentSeriesRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetIndependentSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndependentSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/ListIndependentSeries',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListIndependentSeriesRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListIndependentSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertSeriesValues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/UpsertSeriesValues',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.UpsertSeriesValuesRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.UpsertSeriesValuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSeriesValues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/ListSeriesValues',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListSeriesValuesRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListSeriesValuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RecordOperatingStates(request,
             target,
             options=(),
@@ -1270,6 +1543,60 @@ class EnergyService:
             _registered_method=True)
 
     @staticmethod
+    def GetMeasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/GetMeasure',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMeasureRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMeasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMeasures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/ListMeasures',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListMeasuresRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.ListMeasuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateMvPlan(request,
             target,
             options=(),
@@ -1286,6 +1613,33 @@ class EnergyService:
             '/greenmesh.energy.v1.EnergyService/CreateMvPlan',
             greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMvPlanRequest.SerializeToString,
             greenmesh_dot_energy_dot_v1_dot_energy__pb2.CreateMvPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMvPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.energy.v1.EnergyService/GetMvPlan',
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMvPlanRequest.SerializeToString,
+            greenmesh_dot_energy_dot_v1_dot_energy__pb2.GetMvPlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

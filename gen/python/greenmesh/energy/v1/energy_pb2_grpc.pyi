@@ -66,10 +66,22 @@ class EnergyServiceStub:
     change nothing. A rejected batch (bad times, overlaps, impossible values) stores nothing.
     """
     UploadReadings: _grpc.StreamUnaryMultiCallable[_energy_pb2.UploadReadingsRequest, _energy_pb2.UploadReadingsResponse]
-    """Bulk upload: each message is one batch (one meter), upserted in its own transaction; a rejected batch is
-    reported in the summary and stores nothing, the others are stored.
+    """Bulk upload: each message is one batch (one meter's readings or one independent series' values), upserted in
+    its own transaction; a rejected batch is reported in the summary and stores nothing, the others are stored.
     """
     ListReadings: _grpc.UnaryUnaryMultiCallable[_energy_pb2.ListReadingsRequest, _energy_pb2.ListReadingsResponse]
+    CreateIndependentSeries: _grpc.UnaryUnaryMultiCallable[_energy_pb2.CreateIndependentSeriesRequest, _energy_pb2.CreateIndependentSeriesResponse]
+    """A named series of an independent variable that no meter of the site records (outdoor temperature from a
+    weather station, traffic, IT load from a DCIM export, a normal-year profile). The same name twice at one
+    site is ALREADY_EXISTS.
+    """
+    GetIndependentSeries: _grpc.UnaryUnaryMultiCallable[_energy_pb2.GetIndependentSeriesRequest, _energy_pb2.GetIndependentSeriesResponse]
+    ListIndependentSeries: _grpc.UnaryUnaryMultiCallable[_energy_pb2.ListIndependentSeriesRequest, _energy_pb2.ListIndependentSeriesResponse]
+    UpsertSeriesValues: _grpc.UnaryUnaryMultiCallable[_energy_pb2.UpsertSeriesValuesRequest, _energy_pb2.UpsertSeriesValuesResponse]
+    """Upserts a batch of one series' values on (series, start, end), idempotently, with the checks and quality
+    flags of readings; a rejected batch stores nothing. Large files go through UploadReadings.
+    """
+    ListSeriesValues: _grpc.UnaryUnaryMultiCallable[_energy_pb2.ListSeriesValuesRequest, _energy_pb2.ListSeriesValuesResponse]
     RecordOperatingStates: _grpc.UnaryUnaryMultiCallable[_energy_pb2.RecordOperatingStatesRequest, _energy_pb2.RecordOperatingStatesResponse]
     """Operating-state intervals of an asset (non-overlapping; the same interval again is a no-op)."""
     ListOperatingStates: _grpc.UnaryUnaryMultiCallable[_energy_pb2.ListOperatingStatesRequest, _energy_pb2.ListOperatingStatesResponse]
@@ -78,16 +90,25 @@ class EnergyServiceStub:
     GetLoadRateStatistics: _grpc.UnaryUnaryMultiCallable[_energy_pb2.GetLoadRateStatisticsRequest, _energy_pb2.GetLoadRateStatisticsResponse]
     """Load-rate statistics of an asset against the design maximum of its redundancy scheme."""
     EvaluateEfficiencyDrift: _grpc.UnaryUnaryMultiCallable[_energy_pb2.EvaluateEfficiencyDriftRequest, _energy_pb2.EvaluateEfficiencyDriftResponse]
-    """Measured efficiency per window against the catalogue curve at the same load. When the last windows all
-    drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
+    """Measured efficiency per window against the catalogue curve at the same load: the summed energy of the
+    asset's OUTPUT meters over that of its INPUT meters (all of them, or those the request names). When the
+    last windows all drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
     """
     CompareVoltageUpgrade: _grpc.UnaryUnaryMultiCallable[_energy_pb2.CompareVoltageUpgradeRequest, _energy_pb2.CompareVoltageUpgradeResponse]
     """Line losses of a DC feed today (the measured current of a DC current meter) and after a voltage upgrade."""
     GetEfficientShare: _grpc.UnaryUnaryMultiCallable[_energy_pb2.GetEfficientShareRequest, _energy_pb2.GetEfficientShareResponse]
     """The share of high-efficiency equipment in service (现网高效节能型产品占比) by operator, province, class."""
     CreateMeasure: _grpc.UnaryUnaryMultiCallable[_energy_pb2.CreateMeasureRequest, _energy_pb2.CreateMeasureResponse]
+    GetMeasure: _grpc.UnaryUnaryMultiCallable[_energy_pb2.GetMeasureRequest, _energy_pb2.GetMeasureResponse]
+    """A measure with the ids of its M&V plans."""
+    ListMeasures: _grpc.UnaryUnaryMultiCallable[_energy_pb2.ListMeasuresRequest, _energy_pb2.ListMeasuresResponse]
+    """The measures the caller may see, filtered by site, operator and measure type; page tokens are bound to the
+    filters.
+    """
     CreateMvPlan: _grpc.UnaryUnaryMultiCallable[_energy_pb2.CreateMvPlanRequest, _energy_pb2.CreateMvPlanResponse]
-    """An M&V plan for a measure; its periods must fit the measure's installation period."""
+    """An M&V plan for a measure; its periods must fit the measure's installation period and the plan's interval."""
+    GetMvPlan: _grpc.UnaryUnaryMultiCallable[_energy_pb2.GetMvPlanRequest, _energy_pb2.GetMvPlanResponse]
+    """A plan with the id of its evaluation (empty until it is evaluated)."""
     EvaluateSavings: _grpc.UnaryUnaryMultiCallable[_energy_pb2.EvaluateSavingsRequest, _energy_pb2.EvaluateSavingsResponse]
     """Computes the plan's evaluation from the stored readings: version 1, or the current draft again. A verified
     latest version is frozen (FAILED_PRECONDITION EVALUATION_FROZEN): correct it instead.
@@ -138,10 +159,22 @@ class EnergyServiceAsyncStub(EnergyServiceStub):
     change nothing. A rejected batch (bad times, overlaps, impossible values) stores nothing.
     """
     UploadReadings: _aio.StreamUnaryMultiCallable[_energy_pb2.UploadReadingsRequest, _energy_pb2.UploadReadingsResponse]  # type: ignore[assignment]
-    """Bulk upload: each message is one batch (one meter), upserted in its own transaction; a rejected batch is
-    reported in the summary and stores nothing, the others are stored.
+    """Bulk upload: each message is one batch (one meter's readings or one independent series' values), upserted in
+    its own transaction; a rejected batch is reported in the summary and stores nothing, the others are stored.
     """
     ListReadings: _aio.UnaryUnaryMultiCallable[_energy_pb2.ListReadingsRequest, _energy_pb2.ListReadingsResponse]  # type: ignore[assignment]
+    CreateIndependentSeries: _aio.UnaryUnaryMultiCallable[_energy_pb2.CreateIndependentSeriesRequest, _energy_pb2.CreateIndependentSeriesResponse]  # type: ignore[assignment]
+    """A named series of an independent variable that no meter of the site records (outdoor temperature from a
+    weather station, traffic, IT load from a DCIM export, a normal-year profile). The same name twice at one
+    site is ALREADY_EXISTS.
+    """
+    GetIndependentSeries: _aio.UnaryUnaryMultiCallable[_energy_pb2.GetIndependentSeriesRequest, _energy_pb2.GetIndependentSeriesResponse]  # type: ignore[assignment]
+    ListIndependentSeries: _aio.UnaryUnaryMultiCallable[_energy_pb2.ListIndependentSeriesRequest, _energy_pb2.ListIndependentSeriesResponse]  # type: ignore[assignment]
+    UpsertSeriesValues: _aio.UnaryUnaryMultiCallable[_energy_pb2.UpsertSeriesValuesRequest, _energy_pb2.UpsertSeriesValuesResponse]  # type: ignore[assignment]
+    """Upserts a batch of one series' values on (series, start, end), idempotently, with the checks and quality
+    flags of readings; a rejected batch stores nothing. Large files go through UploadReadings.
+    """
+    ListSeriesValues: _aio.UnaryUnaryMultiCallable[_energy_pb2.ListSeriesValuesRequest, _energy_pb2.ListSeriesValuesResponse]  # type: ignore[assignment]
     RecordOperatingStates: _aio.UnaryUnaryMultiCallable[_energy_pb2.RecordOperatingStatesRequest, _energy_pb2.RecordOperatingStatesResponse]  # type: ignore[assignment]
     """Operating-state intervals of an asset (non-overlapping; the same interval again is a no-op)."""
     ListOperatingStates: _aio.UnaryUnaryMultiCallable[_energy_pb2.ListOperatingStatesRequest, _energy_pb2.ListOperatingStatesResponse]  # type: ignore[assignment]
@@ -150,16 +183,25 @@ class EnergyServiceAsyncStub(EnergyServiceStub):
     GetLoadRateStatistics: _aio.UnaryUnaryMultiCallable[_energy_pb2.GetLoadRateStatisticsRequest, _energy_pb2.GetLoadRateStatisticsResponse]  # type: ignore[assignment]
     """Load-rate statistics of an asset against the design maximum of its redundancy scheme."""
     EvaluateEfficiencyDrift: _aio.UnaryUnaryMultiCallable[_energy_pb2.EvaluateEfficiencyDriftRequest, _energy_pb2.EvaluateEfficiencyDriftResponse]  # type: ignore[assignment]
-    """Measured efficiency per window against the catalogue curve at the same load. When the last windows all
-    drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
+    """Measured efficiency per window against the catalogue curve at the same load: the summed energy of the
+    asset's OUTPUT meters over that of its INPUT meters (all of them, or those the request names). When the
+    last windows all drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
     """
     CompareVoltageUpgrade: _aio.UnaryUnaryMultiCallable[_energy_pb2.CompareVoltageUpgradeRequest, _energy_pb2.CompareVoltageUpgradeResponse]  # type: ignore[assignment]
     """Line losses of a DC feed today (the measured current of a DC current meter) and after a voltage upgrade."""
     GetEfficientShare: _aio.UnaryUnaryMultiCallable[_energy_pb2.GetEfficientShareRequest, _energy_pb2.GetEfficientShareResponse]  # type: ignore[assignment]
     """The share of high-efficiency equipment in service (现网高效节能型产品占比) by operator, province, class."""
     CreateMeasure: _aio.UnaryUnaryMultiCallable[_energy_pb2.CreateMeasureRequest, _energy_pb2.CreateMeasureResponse]  # type: ignore[assignment]
+    GetMeasure: _aio.UnaryUnaryMultiCallable[_energy_pb2.GetMeasureRequest, _energy_pb2.GetMeasureResponse]  # type: ignore[assignment]
+    """A measure with the ids of its M&V plans."""
+    ListMeasures: _aio.UnaryUnaryMultiCallable[_energy_pb2.ListMeasuresRequest, _energy_pb2.ListMeasuresResponse]  # type: ignore[assignment]
+    """The measures the caller may see, filtered by site, operator and measure type; page tokens are bound to the
+    filters.
+    """
     CreateMvPlan: _aio.UnaryUnaryMultiCallable[_energy_pb2.CreateMvPlanRequest, _energy_pb2.CreateMvPlanResponse]  # type: ignore[assignment]
-    """An M&V plan for a measure; its periods must fit the measure's installation period."""
+    """An M&V plan for a measure; its periods must fit the measure's installation period and the plan's interval."""
+    GetMvPlan: _aio.UnaryUnaryMultiCallable[_energy_pb2.GetMvPlanRequest, _energy_pb2.GetMvPlanResponse]  # type: ignore[assignment]
+    """A plan with the id of its evaluation (empty until it is evaluated)."""
     EvaluateSavings: _aio.UnaryUnaryMultiCallable[_energy_pb2.EvaluateSavingsRequest, _energy_pb2.EvaluateSavingsResponse]  # type: ignore[assignment]
     """Computes the plan's evaluation from the stored readings: version 1, or the current draft again. A verified
     latest version is frozen (FAILED_PRECONDITION EVALUATION_FROZEN): correct it instead.
@@ -303,8 +345,8 @@ class EnergyServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_energy_pb2.UploadReadingsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_energy_pb2.UploadReadingsResponse, _abc.Awaitable[_energy_pb2.UploadReadingsResponse]]:
-        """Bulk upload: each message is one batch (one meter), upserted in its own transaction; a rejected batch is
-        reported in the summary and stores nothing, the others are stored.
+        """Bulk upload: each message is one batch (one meter's readings or one independent series' values), upserted in
+        its own transaction; a rejected batch is reported in the summary and stores nothing, the others are stored.
         """
 
     @_abc_1.abstractmethod
@@ -313,6 +355,48 @@ class EnergyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _energy_pb2.ListReadingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_energy_pb2.ListReadingsResponse, _abc.Awaitable[_energy_pb2.ListReadingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateIndependentSeries(
+        self,
+        request: _energy_pb2.CreateIndependentSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.CreateIndependentSeriesResponse, _abc.Awaitable[_energy_pb2.CreateIndependentSeriesResponse]]:
+        """A named series of an independent variable that no meter of the site records (outdoor temperature from a
+        weather station, traffic, IT load from a DCIM export, a normal-year profile). The same name twice at one
+        site is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIndependentSeries(
+        self,
+        request: _energy_pb2.GetIndependentSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.GetIndependentSeriesResponse, _abc.Awaitable[_energy_pb2.GetIndependentSeriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListIndependentSeries(
+        self,
+        request: _energy_pb2.ListIndependentSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.ListIndependentSeriesResponse, _abc.Awaitable[_energy_pb2.ListIndependentSeriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpsertSeriesValues(
+        self,
+        request: _energy_pb2.UpsertSeriesValuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.UpsertSeriesValuesResponse, _abc.Awaitable[_energy_pb2.UpsertSeriesValuesResponse]]:
+        """Upserts a batch of one series' values on (series, start, end), idempotently, with the checks and quality
+        flags of readings; a rejected batch stores nothing. Large files go through UploadReadings.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSeriesValues(
+        self,
+        request: _energy_pb2.ListSeriesValuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.ListSeriesValuesResponse, _abc.Awaitable[_energy_pb2.ListSeriesValuesResponse]]: ...
 
     @_abc_1.abstractmethod
     def RecordOperatingStates(
@@ -351,8 +435,9 @@ class EnergyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _energy_pb2.EvaluateEfficiencyDriftRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_energy_pb2.EvaluateEfficiencyDriftResponse, _abc.Awaitable[_energy_pb2.EvaluateEfficiencyDriftResponse]]:
-        """Measured efficiency per window against the catalogue curve at the same load. When the last windows all
-        drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
+        """Measured efficiency per window against the catalogue curve at the same load: the summed energy of the
+        asset's OUTPUT meters over that of its INPUT meters (all of them, or those the request names). When the
+        last windows all drifted, an EfficiencyDriftDetected event is published (once per drifted window end).
         """
 
     @_abc_1.abstractmethod
@@ -379,12 +464,38 @@ class EnergyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_energy_pb2.CreateMeasureResponse, _abc.Awaitable[_energy_pb2.CreateMeasureResponse]]: ...
 
     @_abc_1.abstractmethod
+    def GetMeasure(
+        self,
+        request: _energy_pb2.GetMeasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.GetMeasureResponse, _abc.Awaitable[_energy_pb2.GetMeasureResponse]]:
+        """A measure with the ids of its M&V plans."""
+
+    @_abc_1.abstractmethod
+    def ListMeasures(
+        self,
+        request: _energy_pb2.ListMeasuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.ListMeasuresResponse, _abc.Awaitable[_energy_pb2.ListMeasuresResponse]]:
+        """The measures the caller may see, filtered by site, operator and measure type; page tokens are bound to the
+        filters.
+        """
+
+    @_abc_1.abstractmethod
     def CreateMvPlan(
         self,
         request: _energy_pb2.CreateMvPlanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_energy_pb2.CreateMvPlanResponse, _abc.Awaitable[_energy_pb2.CreateMvPlanResponse]]:
-        """An M&V plan for a measure; its periods must fit the measure's installation period."""
+        """An M&V plan for a measure; its periods must fit the measure's installation period and the plan's interval."""
+
+    @_abc_1.abstractmethod
+    def GetMvPlan(
+        self,
+        request: _energy_pb2.GetMvPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_energy_pb2.GetMvPlanResponse, _abc.Awaitable[_energy_pb2.GetMvPlanResponse]]:
+        """A plan with the id of its evaluation (empty until it is evaluated)."""
 
     @_abc_1.abstractmethod
     def EvaluateSavings(
