@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 REFERENCE_SELF = "self (reference)"
 
@@ -234,3 +237,40 @@ async def best_of(
         spread = (best - low) / best * 100 if best else 0.0
         log(f"{label}: best {best:,.1f} {unit} (median {middle:,.1f}, min {low:,.1f}, spread {spread:.1f}% of best)")
     return best
+
+
+async def serve_runtime(
+    definition: Any,
+    database_url: str,
+    nats_url: str,
+    data_dir: Path,
+    *,
+    settle: bool = False,
+    pid_file: Path | None = None,
+) -> None:
+    """Run a service's real runtime in this process until SIGTERM/SIGINT, printing `READY <port>` once it
+    listens (what `bench.grpc_reference.subprocess_server` waits for). Default settings, except a free port and
+    no migration on start (the benchmark migrates first). `settle` collects and freezes the heap once started,
+    as `ServiceRuntime.run_until_signal` does in a service process; `pid_file` receives this process's id, for
+    benchmarks that read its memory from /proc."""
+    from meshkit.config import load_settings
+    from meshkit.logs import configure_logging
+    from meshkit.server import ServiceRuntime, settle_heap
+
+    configure_logging(definition.component.value, "WARNING", "text")
+    settings = load_settings(
+        data_dir=data_dir, nats_url=nats_url, database_url=database_url, grpc_port=0, migrate_on_start=False
+    )
+    runtime = ServiceRuntime(definition, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    port = await runtime.start()
+    if settle:
+        settle_heap()
+    if pid_file is not None:
+        await asyncio.to_thread(pid_file.write_text, str(os.getpid()), encoding="utf-8")
+    print(f"READY {port}", flush=True)
+    await stop.wait()
+    await runtime.stop()

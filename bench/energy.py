@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, insert, select
 
-from bench.common import Result, RunContext, log, measure_repeatedly, ratio_of
+from bench.common import Result, RunContext, log, measure_repeatedly, ratio_of, serve_runtime
 from bench.grpc_reference import subprocess_server
 from bench.registry import registry_server
 from greenmesh.energy.v1 import energy_pb2 as pb
@@ -56,7 +55,6 @@ from greenmesh.registry.v1 import registry_pb2 as rpb
 from greenmesh.registry.v1 import registry_pb2_grpc
 from greenmesh_cli.health import wait_serving
 from meshkit.caller import Caller
-from meshkit.config import load_settings
 from meshkit.db import Database, build_engine
 from meshkit.grpc_options import CHANNEL_OPTIONS
 from meshkit.localinfra import NatsServer
@@ -155,23 +153,9 @@ async def register_operator(target: str) -> Operator:
 
 async def serve(database_url: str, nats_url: str, data_dir: Path) -> None:
     """Run the real energy runtime until SIGTERM/SIGINT; print `READY <port>` once it listens."""
-    from meshkit.logs import configure_logging
-    from meshkit.server import ServiceRuntime
     from services.energy.service import DEFINITION
 
-    configure_logging("energy", "WARNING", "text")
-    settings = load_settings(
-        data_dir=data_dir, nats_url=nats_url, database_url=database_url, grpc_port=0, migrate_on_start=False
-    )
-    runtime = ServiceRuntime(DEFINITION, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    port = await runtime.start()
-    print(f"READY {port}", flush=True)
-    await stop.wait()
-    await runtime.stop()
+    await serve_runtime(DEFINITION, database_url, nats_url, data_dir)
 
 
 async def migrate_energy(url: str) -> None:

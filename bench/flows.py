@@ -48,7 +48,6 @@ import datetime as dt
 import math
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.engine import make_url
 
-from bench.common import Result, RunContext, log, measure_repeatedly, percentile, ratio_of
+from bench.common import Result, RunContext, log, measure_repeatedly, percentile, ratio_of, serve_runtime
 from bench.grpc_reference import reference_payload, reference_server, subprocess_server, unary_latencies
 from bench.grpc_reference import unary_throughput as bare_unary_throughput
 from bench.registry import registry_server
@@ -76,7 +75,6 @@ from greenmesh.registry.v1 import registry_pb2 as rpb
 from greenmesh.registry.v1 import registry_pb2_grpc
 from greenmesh_cli.health import wait_serving
 from meshkit.caller import Caller
-from meshkit.config import load_settings
 from meshkit.db import Database, build_engine
 from meshkit.grpc_options import CHANNEL_OPTIONS
 from meshkit.localinfra import NatsServer
@@ -544,27 +542,11 @@ def require_all_accepted(replies: Sequence[bytes], expected: int, what: str) -> 
 
 
 async def serve(database_url: str, nats_url: str, data_dir: Path) -> None:
-    """Run the real flows runtime until SIGTERM/SIGINT; print `READY <port>` once it listens."""
-    from meshkit.logs import configure_logging
-    from meshkit.server import ServiceRuntime, settle_heap
+    """Run the real flows runtime until SIGTERM/SIGINT, as a service process does (heap settled once started);
+    print `READY <port>` once it listens. The benchmark reads its memory from /proc/<pid>/status."""
     from services.flows.service import DEFINITION
 
-    configure_logging("flows", "WARNING", "text")
-    settings = load_settings(
-        data_dir=data_dir, nats_url=nats_url, database_url=database_url, grpc_port=0, migrate_on_start=False
-    )
-    runtime = ServiceRuntime(DEFINITION, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    port = await runtime.start()
-    settle_heap()  # as ServiceRuntime.run_until_signal does in a service process
-    # The benchmark reads this process's memory from /proc/<pid>/status.
-    await asyncio.to_thread((data_dir / PID_FILE).write_text, str(os.getpid()), encoding="utf-8")
-    print(f"READY {port}", flush=True)
-    await stop.wait()
-    await runtime.stop()
+    await serve_runtime(DEFINITION, database_url, nats_url, data_dir, settle=True, pid_file=data_dir / PID_FILE)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import math
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -44,14 +43,13 @@ import grpc
 import numpy as np
 from sqlalchemy import insert
 
-from bench.common import Result, RunContext, best_of, log, measure_repeatedly, percentile, ratio_of
+from bench.common import Result, RunContext, best_of, log, measure_repeatedly, percentile, ratio_of, serve_runtime
 from bench.grpc_reference import reference_payload, reference_server, subprocess_server, unary_latencies
 from bench.grpc_reference import unary_throughput as bare_unary_throughput
 from greenmesh.registry.v1 import registry_pb2 as pb
 from greenmesh.registry.v1 import registry_pb2_grpc
 from greenmesh_cli.health import wait_serving
 from meshkit.caller import Caller
-from meshkit.config import load_settings
 from meshkit.db import Database
 from meshkit.grpc_options import CHANNEL_OPTIONS
 from meshkit.ids import new_id
@@ -264,23 +262,9 @@ async def load_database(url: str, data: DataSet) -> None:
 
 async def serve(database_url: str, nats_url: str, data_dir: Path) -> None:
     """Run the real registry runtime until SIGTERM/SIGINT; print `READY <port>` once it listens."""
-    from meshkit.logs import configure_logging
-    from meshkit.server import ServiceRuntime
     from services.registry.service import DEFINITION
 
-    configure_logging("registry", "WARNING", "text")
-    settings = load_settings(
-        data_dir=data_dir, nats_url=nats_url, database_url=database_url, grpc_port=0, migrate_on_start=False
-    )
-    runtime = ServiceRuntime(DEFINITION, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    port = await runtime.start()
-    print(f"READY {port}", flush=True)
-    await stop.wait()
-    await runtime.stop()
+    await serve_runtime(DEFINITION, database_url, nats_url, data_dir)
 
 
 @contextlib.contextmanager
