@@ -29,6 +29,7 @@ from rich.table import Table
 
 from greenmesh.energy.v1 import energy_pb2 as pb
 from greenmesh.energy.v1 import energy_pb2_grpc
+from greenmesh_cli.mesh_file import component_address
 from greenmesh_cli.registry_import import LOCAL_OPERATOR_ID, operator_caller
 from meshkit.caller import Caller
 from meshkit.grpc_options import CHANNEL_OPTIONS
@@ -266,20 +267,6 @@ async def import_file(
     return report
 
 
-def default_energy_address() -> tuple[str, str]:
-    from greenmesh_cli.mesh_file import MESH_FILE, MeshEndpoints
-    from meshkit.config import load_settings
-
-    settings = load_settings()
-    try:
-        endpoints = MeshEndpoints.load(settings.data_dir)
-    except (OSError, ValueError, TypeError):
-        endpoints = None
-    if endpoints is not None and "energy" in endpoints.grpc:
-        return endpoints.grpc["energy"], str(settings.data_dir / MESH_FILE)
-    return settings.energy_addr, "GREENMESH_ENERGY_ADDR"
-
-
 def run_import_command(
     file: Path,
     energy: str | None,
@@ -302,7 +289,7 @@ def run_import_command(
     if offset is None:
         console.print(f"[red]--timezone {timezone!r} is not a UTC offset such as +08:00[/red]")
         return 2
-    energy, source = (energy, "--energy") if energy else default_energy_address()
+    energy, source = (energy, "--energy") if energy else component_address("energy")
     try:
         total = count_rows(file, meter_given=meter is not None)
         console.print(f"{file}: {total:,} rows; importing into the energy service at {energy} (from {source})")

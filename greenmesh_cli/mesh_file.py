@@ -28,3 +28,18 @@ class MeshEndpoints:
         if not path.exists():
             return None
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def component_address(component: str) -> tuple[str, str]:
+    """(host:port of a component's gRPC server, where it came from): the running mesh's mesh.json (what
+    `greenmesh up` wrote), else the `GREENMESH_<COMPONENT>_ADDR` setting."""
+    from meshkit.config import load_settings
+
+    settings = load_settings()
+    try:
+        endpoints = MeshEndpoints.load(settings.data_dir)
+    except (OSError, ValueError, TypeError):
+        endpoints = None
+    if endpoints is not None and component in endpoints.grpc:
+        return endpoints.grpc[component], str(settings.data_dir / MESH_FILE)
+    return str(getattr(settings, f"{component}_addr")), f"GREENMESH_{component.upper()}_ADDR"

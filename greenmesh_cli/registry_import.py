@@ -26,6 +26,7 @@ from rich.table import Table
 
 from greenmesh.registry.v1 import registry_pb2 as pb
 from greenmesh.registry.v1 import registry_pb2_grpc
+from greenmesh_cli.mesh_file import component_address
 from meshkit.caller import PLATFORM_OPERATOR, Caller
 from meshkit.grpc_options import CHANNEL_OPTIONS
 
@@ -384,21 +385,6 @@ def _rpc_failure(error: grpc.aio.AioRpcError, target: str, sent: int) -> str:
 # ---- the command ---------------------------------------------------------------------------------------
 
 
-def default_registry_address() -> tuple[str, str]:
-    """(host:port, where it came from): the running mesh's mesh.json, else GREENMESH_REGISTRY_ADDR."""
-    from greenmesh_cli.mesh_file import MESH_FILE, MeshEndpoints
-    from meshkit.config import load_settings
-
-    settings = load_settings()
-    try:
-        endpoints = MeshEndpoints.load(settings.data_dir)
-    except (OSError, ValueError, TypeError):
-        endpoints = None
-    if endpoints is not None and "registry" in endpoints.grpc:
-        return endpoints.grpc["registry"], str(settings.data_dir / MESH_FILE)
-    return settings.registry_addr, "GREENMESH_REGISTRY_ADDR"
-
-
 def write_errors_csv(path: Path, errors: list[RowError]) -> None:
     # With a BOM, so Excel opens the Chinese descriptions correctly.
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
@@ -448,7 +434,7 @@ def run_import_command(
         console.print(f"[red]--as-participant {as_participant!r} is not a participant id (a UUID)[/red]")
         return 2
     if registry is None:
-        registry, source = default_registry_address()
+        registry, source = component_address("registry")
     else:
         source = "--registry"
     try:

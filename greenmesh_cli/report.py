@@ -26,6 +26,7 @@ from rich.table import Table
 
 from greenmesh.flows.v1 import flows_pb2 as pb
 from greenmesh.flows.v1 import flows_pb2_grpc
+from greenmesh_cli.mesh_file import component_address
 from greenmesh_cli.registry_import import LOCAL_OPERATOR_ID, operator_caller
 from meshkit.caller import Caller
 from meshkit.grpc_options import CHANNEL_OPTIONS
@@ -119,21 +120,6 @@ def dispatch_request(division: str, first_day: dt.date, end_day: dt.date) -> pb.
 
 
 # ---- calling the flows service -------------------------------------------------------------------------
-
-
-def default_flows_address() -> tuple[str, str]:
-    """(host:port, where it came from): the running mesh's mesh.json, else GREENMESH_FLOWS_ADDR."""
-    from greenmesh_cli.mesh_file import MESH_FILE, MeshEndpoints
-    from meshkit.config import load_settings
-
-    settings = load_settings()
-    try:
-        endpoints = MeshEndpoints.load(settings.data_dir)
-    except (OSError, ValueError, TypeError):
-        endpoints = None
-    if endpoints is not None and "flows" in endpoints.grpc:
-        return endpoints.grpc["flows"], str(settings.data_dir / MESH_FILE)
-    return settings.flows_addr, "GREENMESH_FLOWS_ADDR"
 
 
 async def fetch_dispatch_statistics(
@@ -393,7 +379,7 @@ def _produce(
         raise ReportProblem(f"--as-participant {as_participant!r} is not a participant id (a UUID)")
     request = dispatch_request(division, parse_day(from_day, "--from"), parse_day(to_day, "--to"))
     if flows is None:
-        flows, source = default_flows_address()
+        flows, source = component_address("flows")
     else:
         source = "--flows"
     console.print(f"asking the flows service at {flows} (from {source})")
