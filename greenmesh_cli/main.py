@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from greenmesh_cli.energy_import import IMPORT_HELP as ENERGY_IMPORT_HELP
+from greenmesh_cli.k8s import app as k8s_app
 from greenmesh_cli.registry_import import IMPORT_HELP, LOCAL_OPERATOR_ID
 from greenmesh_cli.report import DISPATCH_HELP
 from meshkit.config import SERVICES, Component, load_settings
@@ -234,3 +235,6 @@ def energy_import_readings(
     from greenmesh_cli.energy_import import run_import_command as run_energy_import
 
     raise typer.Exit(run_energy_import(file, energy, meter, timezone, as_participant, connect_timeout, console))
+
+
+app.add_typer(k8s_app, name="k8s")
