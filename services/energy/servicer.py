@@ -14,9 +14,10 @@ Who may do what:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -125,6 +126,8 @@ from services.flows.directory_view import DirectoryView
 from services.flows.domain.directory import FacilityInfo
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# A store query of interval values (readings or series values) keyed by start: (session, start_s=, end_s=, limit=).
+IntervalFetch = Callable[..., Awaitable[list[tuple[int, int, float, float | None, int]]]]
 
 ENTERPRISE_ROLES = frozenset({"TELECOM_OPERATOR", "DATA_CENTER_OPERATOR"})
 CATALOGUE_ROLES = ("PLATFORM_OPERATOR", "TELECOM_OPERATOR", "DATA_CENTER_OPERATOR")
@@ -804,17 +807,26 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
     async def ListReadings(self, request: pb.ListReadingsRequest, context: Context) -> pb.ListReadingsResponse:
         caller = caller_of(context)
         meter = await self._meter(request.meter_id, caller, write=False)
+        rows, token = await self._interval_page(
+            request, caller, functools.partial(store.list_readings, meter_id=meter.meter_id)
+        )
+        return pb.ListReadingsResponse(readings=[reading_message(*r) for r in rows], next_page_token=token)
+
+    async def _interval_page(
+        self, request: pb.ListReadingsRequest | pb.ListSeriesValuesRequest, caller: Caller, fetch: IntervalFetch
+    ) -> tuple[Sequence[Any], str]:
+        """One page of interval values (readings or series values) in [start_time, end_time), keyed by start."""
         limit = page_size(request.page_size)
         start = request.start_time.seconds if request.HasField("start_time") else 0
         end = request.end_time.seconds if request.HasField("end_time") else 2**62
         fingerprint = _fingerprint(request, caller)
         after = decode_token(request.page_token, fingerprint)
         async with self.database.session() as session:
-            rows = await store.list_readings(
-                session, meter.meter_id, max(start, int(after) + 1) if after else start, end, limit + 1
+            rows = await fetch(
+                session, start_s=max(start, int(after) + 1) if after else start, end_s=end, limit=limit + 1
             )
         token = encode_token(str(rows[limit - 1][0]), fingerprint) if len(rows) > limit else ""
-        return pb.ListReadingsResponse(readings=[reading_message(*r) for r in rows[:limit]], next_page_token=token)
+        return rows[:limit], token
 
     # ---- independent series -----------------------------------------------------------------------------------
 
@@ -898,17 +910,9 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
     ) -> pb.ListSeriesValuesResponse:
         caller = caller_of(context)
         series = await self._series(request.series_id, caller, write=False)
-        limit = page_size(request.page_size)
-        start = request.start_time.seconds if request.HasField("start_time") else 0
-        end = request.end_time.seconds if request.HasField("end_time") else 2**62
-        fingerprint = _fingerprint(request, caller)
-        after = decode_token(request.page_token, fingerprint)
-        async with self.database.session() as session:
-            rows = await store.list_series_values(
-                session, series.series_id, max(start, int(after) + 1) if after else start, end, limit + 1
-            )
-        token = encode_token(str(rows[limit - 1][0]), fingerprint) if len(rows) > limit else ""
-        return pb.ListSeriesValuesResponse(values=[reading_message(*r) for r in rows[:limit]], next_page_token=token)
+        fetch = functools.partial(store.list_series_values, series_id=series.series_id)
+        rows, token = await self._interval_page(request, caller, fetch)
+        return pb.ListSeriesValuesResponse(values=[reading_message(*r) for r in rows], next_page_token=token)
 
     async def RecordOperatingStates(
         self, request: pb.RecordOperatingStatesRequest, context: Context

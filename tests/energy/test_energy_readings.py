@@ -197,3 +197,30 @@ async def test_operating_states_are_intervals_that_never_overlap(energy: Energy)
         "ListOperatingStates", pb.ListOperatingStatesRequest(asset_id=asset.asset_id), JIANGSU_REGULATOR
     )
     assert list(listed.intervals) == states
+
+
+async def test_readings_are_listed_in_pages_that_follow_on_and_honour_the_period(energy: Energy) -> None:
+    meter = await energy.meter(rated_max=kw(100))
+    values = [float(v) for v in range(1, 13)]
+    await energy.upsert(meter, readings(T0, values))
+    seen: list[float] = []
+    token = ""
+    while True:
+        reply = await energy.call(
+            "ListReadings",
+            pb.ListReadingsRequest(meter_id=meter.meter_id, page_size=5, page_token=token),
+            energy.data_center.caller,
+        )
+        assert len(reply.readings) <= 5
+        seen += [r.value for r in reply.readings]
+        token = reply.next_page_token
+        if not token:
+            break
+    assert seen == values  # every reading once, in order, across three pages
+    # A period starting at the 5th quarter-hour lists from there on.
+    later = await energy.call(
+        "ListReadings",
+        pb.ListReadingsRequest(meter_id=meter.meter_id, page_size=50, start_time=ts(T0 + dt.timedelta(minutes=60))),
+        energy.data_center.caller,
+    )
+    assert [r.value for r in later.readings] == values[4:]
