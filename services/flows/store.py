@@ -34,7 +34,7 @@ from services.flows.domain import (
     declare_error,
 )
 from services.flows.domain.identity import parse_urn
-from services.flows.mapping import event_from_proto, hits_from_json, stored_event_from_proto
+from services.flows.mapping import hits_from_json, stored_event_from_proto
 from services.flows.tables import (
     BatteryModelRow,
     BatteryRow,
@@ -75,13 +75,9 @@ def to_utc(moment: dt.datetime) -> dt.datetime:
 
 
 def stored_event(payload: bytes) -> FlowEvent:
-    """A stored event's domain form. The payload was validated at capture, so conversion cannot fail."""
-    message = pb.FlowEvent.FromString(payload)
-    record_time = message.record_time.ToDatetime(tzinfo=dt.UTC) if message.HasField("record_time") else None
-    event, problems = event_from_proto(message, reporter_id=message.reporter_id, record_time=record_time)
-    if event is None:  # pragma: no cover - the capture stored only convertible events
-        raise ValueError(f"stored event {message.event_id} no longer converts: {problems}")
-    return event
+    """A stored event's domain form (see :func:`services.flows.mapping.stored_event_from_proto`: the capture
+    validated it, so it is not validated again)."""
+    return stored_event_from_proto(pb.FlowEvent.FromString(payload))
 
 
 def declaration_of(row: ErrorDeclarationRow) -> ErrorDeclaration:
