@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from meshkit.caller import Caller
+
 REFERENCE_SELF = "self (reference)"
+
+# The benchmark's service processes and its clients share this key for caller identities (meshkit/caller.py).
+# It guards nothing (everything runs on this machine, on throw-away data) and needs no shared data directory.
+BENCH_CALLER_KEY = "greenmesh-benchmark-caller-key-guards-nothing"
 
 T = TypeVar("T")
 
@@ -46,6 +52,12 @@ class Result:
 def _round(value: float) -> float:
     # Three decimals for small figures (latencies in ms), one for rates.
     return round(value, 3) if abs(value) < 100 else round(value, 1)
+
+
+def signed_metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
+    """The caller's identity signed now with the benchmark's key. A signature is accepted for five minutes:
+    sign for each measurement (outside what it times), not once for a whole run."""
+    return tuple(caller.metadata(BENCH_CALLER_KEY.encode()))
 
 
 def ratio_of(value: float, reference: float) -> float | None:
@@ -249,17 +261,22 @@ async def serve_runtime(
     pid_file: Path | None = None,
 ) -> None:
     """Run a service's real runtime in this process until SIGTERM/SIGINT, printing `READY <port>` once it
-    listens (what `bench.grpc_reference.subprocess_server` waits for). Default settings, except a free port and
-    no migration on start (the benchmark migrates first). `settle` collects and freezes the heap once started,
-    as `ServiceRuntime.run_until_signal` does in a service process; `pid_file` receives this process's id, for
-    benchmarks that read its memory from /proc."""
+    listens (what `bench.grpc_reference.subprocess_server` waits for). Default settings, except a free port, no
+    migration on start (the benchmark migrates first) and the benchmark's caller key. `settle` collects and
+    freezes the heap once started, as `ServiceRuntime.run_until_signal` does in a service process; `pid_file`
+    receives this process's id, for benchmarks that read its memory from /proc."""
     from meshkit.config import load_settings
     from meshkit.logs import configure_logging
     from meshkit.server import ServiceRuntime, settle_heap
 
     configure_logging(definition.component.value, "WARNING", "text")
     settings = load_settings(
-        data_dir=data_dir, nats_url=nats_url, database_url=database_url, grpc_port=0, migrate_on_start=False
+        data_dir=data_dir,
+        nats_url=nats_url,
+        database_url=database_url,
+        grpc_port=0,
+        migrate_on_start=False,
+        caller_key=BENCH_CALLER_KEY,
     )
     runtime = ServiceRuntime(definition, settings)
     stop = asyncio.Event()

@@ -46,7 +46,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, insert, select
 
-from bench.common import Result, RunContext, log, measure_repeatedly, ratio_of, serve_runtime
+from bench.common import Result, RunContext, log, measure_repeatedly, ratio_of, serve_runtime, signed_metadata
 from bench.grpc_reference import subprocess_server
 from bench.registry import registry_server
 from greenmesh.energy.v1 import energy_pb2 as pb
@@ -97,7 +97,7 @@ class Operator:
     @property
     def metadata(self) -> Metadata:
         caller = Caller(participant_id=self.participant_id, roles=frozenset({"DATA_CENTER_OPERATOR"}))
-        return tuple(caller.metadata())
+        return signed_metadata(caller)
 
 
 # ---- set-up -------------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class Operator:
 async def register_operator(target: str) -> Operator:
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        meta = PLATFORM.metadata()
+        meta = signed_metadata(PLATFORM)
         registered = await stub.RegisterParticipant(
             rpb.RegisterParticipantRequest(
                 participant=rpb.Participant(
@@ -145,7 +145,7 @@ async def register_operator(target: str) -> Operator:
                     safety=rpb.SafetyAttributes(fire_class="A", has_monitoring=True),
                 )
             ),
-            metadata=operator.metadata(),
+            metadata=signed_metadata(operator),
             timeout=30,
         )
     return Operator(participant.participant_id, site.facility.facility_id)

@@ -43,7 +43,17 @@ import grpc
 import numpy as np
 from sqlalchemy import insert
 
-from bench.common import Result, RunContext, best_of, log, measure_repeatedly, percentile, ratio_of, serve_runtime
+from bench.common import (
+    Result,
+    RunContext,
+    best_of,
+    log,
+    measure_repeatedly,
+    percentile,
+    ratio_of,
+    serve_runtime,
+    signed_metadata,
+)
 from bench.grpc_reference import reference_payload, reference_server, subprocess_server, unary_latencies
 from bench.grpc_reference import unary_throughput as bare_unary_throughput
 from greenmesh.registry.v1 import registry_pb2 as pb
@@ -329,8 +339,8 @@ async def check_coverage(target: str, table: DivisionTable, data: DataSet) -> No
     log(f"registry: Jiangsu coverage {reply.covered_count}/{reply.county_count} counties, as expected")
 
 
-def register_requests(data: DataSet, table: DivisionTable, count: int, seed: int) -> list[tuple[bytes, Any]]:
-    """`count` new facilities (serialized requests) with the metadata of their operator."""
+def register_requests(data: DataSet, table: DivisionTable, count: int, seed: int) -> list[tuple[bytes, Caller]]:
+    """`count` new facilities (serialized requests) with their operator (signed just before the measurement)."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     by_code = {f["county_code"] for f in data.facilities}
@@ -355,7 +365,7 @@ def register_requests(data: DataSet, table: DivisionTable, count: int, seed: int
             safety=pb.SafetyAttributes(fire_class="B", has_discharge_equipment=True, has_monitoring=True),
         )
         caller = Caller(participant_id=operator["participant_id"], roles=frozenset({"RECYCLING_OUTLET_OPERATOR"}))
-        requests.append((pb.RegisterFacilityRequest(facility=facility).SerializeToString(), caller.metadata()))
+        requests.append((pb.RegisterFacilityRequest(facility=facility).SerializeToString(), caller))
     return requests
 
 
@@ -580,12 +590,18 @@ def _bare_rate(target: str, total: int, concurrency: int) -> Callable[[], Awaita
 
 
 def _register_rate(
-    target: str, batches: Sequence[Sequence[tuple[bytes, Any]]], warmup: int, concurrency: int, samples: list[float]
+    target: str,
+    batches: Sequence[Sequence[tuple[bytes, Caller]]],
+    warmup: int,
+    concurrency: int,
+    samples: list[float],
 ) -> Callable[[], Awaitable[float]]:
     remaining = iter(batches)
 
     async def measure() -> float:
-        rate = await register_throughput(target, next(remaining), warmup, concurrency)
+        # Signed now, outside the timed loop: a signature is accepted for five minutes, not for every repeat.
+        signed = [(payload, signed_metadata(caller)) for payload, caller in next(remaining)]
+        rate = await register_throughput(target, signed, warmup, concurrency)
         samples.append(rate)
         return rate
 

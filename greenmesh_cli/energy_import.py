@@ -29,7 +29,7 @@ from rich.table import Table
 
 from greenmesh.energy.v1 import energy_pb2 as pb
 from greenmesh.energy.v1 import energy_pb2_grpc
-from greenmesh_cli.mesh_file import component_address
+from greenmesh_cli.mesh_file import component_address, identity_refusal, local_caller_key
 from greenmesh_cli.registry_import import LOCAL_OPERATOR_ID, operator_caller
 from meshkit.caller import Caller
 from meshkit.grpc_options import CHANNEL_OPTIONS
@@ -188,12 +188,14 @@ async def import_file(
     target: str,
     caller: Caller,
     *,
+    key: bytes | None = None,
     meter: str | None = None,
     zone: dt.tzinfo = dt.timezone(dt.timedelta(hours=8)),
     on_row: Callable[[], None] | None = None,
     connect_timeout: float = 5.0,
 ) -> ImportReport:
-    """Stream the rows of `path` to the energy service at `target` (host:port) in batches of one meter."""
+    """Stream the rows of `path` to the energy service at `target` (host:port) in batches of one meter, as
+    `caller` signed with `key` (by default the local mesh's, `local_caller_key`)."""
     report = ImportReport()
     lines_of: list[list[int]] = []  # CSV lines of each message sent, by message index
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
@@ -201,7 +203,11 @@ async def import_file(
             await asyncio.wait_for(channel.channel_ready(), connect_timeout)
         except TimeoutError:
             raise ImportProblem(f"no energy service answers at {target} (waited {connect_timeout:g} s)") from None
-        call = energy_pb2_grpc.EnergyServiceStub(channel).UploadReadings(metadata=caller.metadata())
+        metadata = caller.metadata(local_caller_key() if key is None else key)
+        refusal = await identity_refusal(channel, metadata)
+        if refusal is not None:
+            raise ImportProblem(_upload_failure(refusal, target, 0))
+        call = energy_pb2_grpc.EnergyServiceStub(channel).UploadReadings(metadata=metadata)
         pending = pb.UploadReadingsRequest()
         pending_owner: Owner | None = None
         lines: list[int] = []
@@ -235,11 +241,7 @@ async def import_file(
             await call.done_writing()
             summary: pb.UploadReadingsResponse = await call
         except grpc.aio.AioRpcError as error:
-            detail = error.details() or error.code().name
-            raise ImportProblem(
-                f"the energy service at {target} failed the upload ({error.code().name}) after {report.sent:,} rows "
-                f"were sent: {detail}. Batches it had stored stay stored; importing again is safe."
-            ) from None
+            raise ImportProblem(_upload_failure(error, target, report.sent)) from None
         except BaseException:
             call.cancel()
             raise
@@ -335,3 +337,11 @@ def run_import_command(
 
 
 __all__ = ["IMPORT_HELP", "LOCAL_OPERATOR_ID", "import_file", "run_import_command"]
+
+
+def _upload_failure(error: grpc.aio.AioRpcError, target: str, sent: int) -> str:
+    detail = error.details() or error.code().name
+    return (
+        f"the energy service at {target} failed the upload ({error.code().name}) after {sent:,} rows "
+        f"were sent: {detail}. Batches it had stored stay stored; importing again is safe."
+    )

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from greenmesh.registry.v1 import registry_pb2 as pb
 from greenmesh.registry.v1 import registry_pb2_grpc
-from greenmesh_cli.mesh_file import component_address
+from greenmesh_cli.mesh_file import component_address, identity_refusal, local_caller_key
 from meshkit.caller import PLATFORM_OPERATOR, Caller
 from meshkit.grpc_options import CHANNEL_OPTIONS
 
@@ -319,13 +319,15 @@ async def import_file(
     target: str,
     caller: Caller,
     *,
+    key: bytes | None = None,
     on_row: Callable[[], None] | None = None,
     on_sent: Callable[[], None] | None = None,
     connect_timeout: float = 5.0,
 ) -> ImportReport:
     """Stream the rows of `path` to the registry at `target` (host:port) and merge its summary with the
     rows rejected here. `on_row` is called after each row is sent or rejected (for a progress bar),
-    `on_sent` once the last row is sent (the registry may still be storing the rows gRPC buffered).
+    `on_sent` once the last row is sent (the registry may still be storing the rows gRPC buffered). The
+    caller's identity is signed with `key`, by default the local mesh's (`local_caller_key`).
 
     Raises ImportProblem when the file cannot be read or the registry cannot be reached or fails the call.
     """
@@ -336,7 +338,11 @@ async def import_file(
         except TimeoutError:
             raise ImportProblem(f"no registry answers at {target} (waited {connect_timeout:g} s)") from None
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        call = stub.ImportFacilities(metadata=caller.metadata())
+        metadata = caller.metadata(local_caller_key() if key is None else key)
+        refusal = await identity_refusal(channel, metadata)
+        if refusal is not None:
+            raise ImportProblem(_rpc_failure(refusal, target, 0))
+        call = stub.ImportFacilities(metadata=metadata)
         try:
             for line, record in read_records(path):
                 report.rows_read += 1

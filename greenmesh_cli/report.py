@@ -26,7 +26,7 @@ from rich.table import Table
 
 from greenmesh.flows.v1 import flows_pb2 as pb
 from greenmesh.flows.v1 import flows_pb2_grpc
-from greenmesh_cli.mesh_file import component_address
+from greenmesh_cli.mesh_file import component_address, local_caller_key
 from greenmesh_cli.registry_import import LOCAL_OPERATOR_ID, operator_caller
 from meshkit.caller import Caller
 from meshkit.grpc_options import CHANNEL_OPTIONS
@@ -123,9 +123,15 @@ def dispatch_request(division: str, first_day: dt.date, end_day: dt.date) -> pb.
 
 
 async def fetch_dispatch_statistics(
-    target: str, request: pb.GetDispatchStatisticsRequest, caller: Caller, *, connect_timeout: float = 5.0
+    target: str,
+    request: pb.GetDispatchStatisticsRequest,
+    caller: Caller,
+    *,
+    key: bytes | None = None,
+    connect_timeout: float = 5.0,
 ) -> pb.GetDispatchStatisticsResponse:
-    """Call GetDispatchStatistics at `target`; ReportProblem (one line) when that fails."""
+    """Call GetDispatchStatistics at `target` as `caller`, signed with `key` (by default the local mesh's,
+    `local_caller_key`); ReportProblem (one line) when that fails."""
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), connect_timeout)
@@ -134,7 +140,9 @@ async def fetch_dispatch_statistics(
         stub = flows_pb2_grpc.FlowServiceStub(channel)
         try:
             response: pb.GetDispatchStatisticsResponse = await stub.GetDispatchStatistics(
-                request, metadata=caller.metadata(), timeout=CALL_TIMEOUT_SECONDS
+                request,
+                metadata=caller.metadata(local_caller_key() if key is None else key),
+                timeout=CALL_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as error:
             raise ReportProblem(_rpc_failure(error, target)) from None

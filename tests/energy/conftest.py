@@ -5,6 +5,7 @@ PostgreSQL) on port 0; a data-centre operator and a telecom operator with their 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from greenmesh.energy.v1 import energy_pb2 as pb
 from greenmesh.energy.v1 import energy_pb2_grpc
 from greenmesh.registry.v1 import registry_pb2 as rpb
 from greenmesh.registry.v1 import registry_pb2_grpc
-from meshkit.caller import Caller
+from meshkit.caller import Caller, signing_key
 from meshkit.errors import FieldViolation, error_reason, field_violations
 from meshkit.localinfra import NatsServer
 from meshkit.server import ServiceRuntime
@@ -103,8 +104,13 @@ class Energy:
     shenzhen: Site  # a DATA_CENTER in 深圳 南山 (44) run by another DATA_CENTER_OPERATOR
     outlet_id: str  # a RECYCLING_OUTLET: a registry facility that is not a site of this service
 
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The mesh's caller key: all runtimes of a test share its data directory, so they share the key."""
+        return signing_key(self.runtime.settings, warn=False)
+
     async def call(self, method: str, request: Any, caller: Caller = PLATFORM) -> Any:
-        return await getattr(self.stub, method)(request, metadata=caller.metadata(), timeout=30)
+        return await getattr(self.stub, method)(request, metadata=caller.metadata(self.key), timeout=30)
 
     async def refused(self, method: str, request: Any, caller: Caller = PLATFORM) -> grpc.aio.AioRpcError:
         with pytest.raises(grpc.aio.AioRpcError) as raised:

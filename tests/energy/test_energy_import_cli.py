@@ -24,6 +24,8 @@ SUMMARY = re.compile(
 async def run_cli(energy: Energy, *args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENMESH_", "OTEL_"))}
     env["COLUMNS"] = "200"
+    # The CLI shares the service's data directory (as with `greenmesh up`): it signs with the key energy checks.
+    env["GREENMESH_DATA_DIR"] = str(energy.runtime.settings.data_dir)
     process = await asyncio.create_subprocess_exec(
         *GREENMESH, "energy", "import-readings", *args, "--energy", f"127.0.0.1:{energy.runtime.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,

@@ -147,7 +147,9 @@ async def test_upload_stream_stores_good_batches_and_reports_refused_ones(energy
         yield pb.UploadReadingsRequest(meter_id="unknown", readings=readings(T0, [1.0]))
         yield pb.UploadReadingsRequest(meter_id=facility.meter_id, readings=readings(T0, day))  # again: unchanged
 
-    summary = await energy.stub.UploadReadings(messages(), metadata=energy.data_center.caller.metadata(), timeout=30)
+    summary = await energy.stub.UploadReadings(
+        messages(), metadata=energy.data_center.caller.metadata(energy.key), timeout=30
+    )
     assert (summary.messages, summary.received) == (5, 96 * 3 + 3)
     assert (summary.inserted, summary.updated, summary.unchanged, summary.rejected) == (192, 0, 96, 3)
     assert [(p.message_index, p.code) for p in summary.problems] == [(2, "INVALID_ARGUMENT"), (3, "INVALID_ARGUMENT")]

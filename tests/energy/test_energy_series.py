@@ -225,7 +225,9 @@ async def test_series_values_travel_the_bulk_path_of_readings(energy: Energy) ->
         for message in messages:
             yield message
 
-    summary = await energy.stub.UploadReadings(stream(), metadata=energy.data_center.caller.metadata(), timeout=30)
+    summary = await energy.stub.UploadReadings(
+        stream(), metadata=energy.data_center.caller.metadata(energy.key), timeout=30
+    )
     assert (summary.messages, summary.received, summary.inserted, summary.unchanged) == (5, 10, 6, 2)
     assert summary.rejected == 2
     problems = {p.message_index: p for p in summary.problems}

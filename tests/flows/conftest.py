@@ -4,6 +4,7 @@ PostgreSQL) on port 0, with a recycling network registered and listed, and helpe
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -17,7 +18,7 @@ from greenmesh.flows.v1 import flows_pb2 as fpb
 from greenmesh.flows.v1 import flows_pb2_grpc
 from greenmesh.registry.v1 import registry_pb2 as rpb
 from greenmesh.registry.v1 import registry_pb2_grpc
-from meshkit.caller import Caller
+from meshkit.caller import Caller, signing_key
 from meshkit.localinfra import NatsServer
 from meshkit.server import ServiceRuntime
 from services.flows.directory_view import DirectoryView
@@ -96,8 +97,13 @@ class Flows:
     stub: flows_pb2_grpc.FlowServiceAsyncStub  # grpc.aio at run time; the aio stub exists in the .pyi only
     registry: Registry
 
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The mesh's caller key: all runtimes of a test share its data directory, so they share the key."""
+        return signing_key(self.runtime.settings, warn=False)
+
     async def call(self, method: str, request: Any, caller: Caller = PLATFORM) -> Any:
-        return await getattr(self.stub, method)(request, metadata=caller.metadata(), timeout=20)
+        return await getattr(self.stub, method)(request, metadata=caller.metadata(self.key), timeout=20)
 
     async def report(self, event: fpb.FlowEvent, caller: Caller) -> fpb.EventResult:
         reply = await self.call("ReportEvent", fpb.ReportEventRequest(event=event), caller)

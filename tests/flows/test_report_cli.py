@@ -55,9 +55,12 @@ async def test_report_from_the_real_flows_service(
     async with runtime.database.transaction() as session:
         session.add_all(rows())
 
+    # The CLI shares the service's data directory (as with `greenmesh up`): it signs with the key flows checks.
+    mesh_data = str(runtime.settings.data_dir)
     status, output = await run_cli(
-        *OCTOBER, "--flows", f"127.0.0.1:{runtime.port}", "--output", str(tmp_path / "october"), cwd=tmp_path
-    )
+        *OCTOBER, "--flows", f"127.0.0.1:{runtime.port}", "--output", str(tmp_path / "october"), cwd=tmp_path,
+        GREENMESH_DATA_DIR=mesh_data,
+    )  # fmt: skip
     assert status == 0, output
     assert "2026-10-01 to 2026-10-31" in output and "江苏省" in output
     assert "written: " in output
@@ -115,8 +118,7 @@ async def test_report_from_the_real_flows_service(
 
     # Without --flows the address comes from the running mesh's mesh.json; a county, as CSV only, to the
     # default file name in the current directory.
-    data_dir = tmp_path / "mesh"
-    data_dir.mkdir()
+    data_dir = runtime.settings.data_dir
     mesh = {"province": "32", "nats_url": nats_server.url, "grpc": {"flows": f"127.0.0.1:{runtime.port}"}}
     (data_dir / "mesh.json").write_text(json.dumps({**mesh, "gateway_http": "", "pid": os.getpid()}))
     status, output = await run_cli(

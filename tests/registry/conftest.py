@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import pytest
 
 from greenmesh.registry.v1 import registry_pb2 as pb
 from greenmesh.registry.v1 import registry_pb2_grpc
-from meshkit.caller import Caller
+from meshkit.caller import Caller, signing_key
 from meshkit.localinfra import NatsServer
 from meshkit.server import ServiceRuntime
 from services.registry.domain.credit_code import make_credit_code
@@ -50,8 +51,13 @@ class Registry:
     runtime: ServiceRuntime
     stub: registry_pb2_grpc.RegistryServiceStub
 
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The mesh's caller key: all runtimes of a test share its data directory, so they share the key."""
+        return signing_key(self.runtime.settings, warn=False)
+
     async def call(self, method: str, request: Any, caller: Caller = PLATFORM) -> Any:
-        return await getattr(self.stub, method)(request, metadata=caller.metadata(), timeout=10)
+        return await getattr(self.stub, method)(request, metadata=caller.metadata(self.key), timeout=10)
 
     async def participant(
         self, *roles: str, division: str = "320102", status: str = "ACTIVE", supervised: str = ""

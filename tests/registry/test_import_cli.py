@@ -40,17 +40,20 @@ TYPES = ("RECYCLING_OUTLET", "TEMP_STORAGE_POINT", "FACILITY_TYPE_COOP_STATION",
 MODES = ("TRADE_IN;DROP_OFF", "DOOR_TO_DOOR", "", "RECYCLING_MODE_INTERNET; trade_in")
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENMESH_", "OTEL_"))}
     env["COLUMNS"] = "200"
+    env.update(extra)
     return env
 
 
-async def import_csv(path: Path, port: int, *extra: str) -> tuple[int, str]:
-    """Run `greenmesh registry import` in its own process; the registry keeps serving in this loop."""
+async def import_csv(path: Path, registry: Registry, *extra: str, data_dir: Path | None = None) -> tuple[int, str]:
+    """Run `greenmesh registry import` in its own process; the registry keeps serving in this loop. The CLI
+    shares the registry's data directory (as with `greenmesh up`), so it signs with the key the registry checks."""
+    data_dir = registry.runtime.settings.data_dir if data_dir is None else data_dir
     process = await asyncio.create_subprocess_exec(
-        *GREENMESH, "registry", "import", str(path), "--registry", f"127.0.0.1:{port}", *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=cli_env(),
+        *GREENMESH, "registry", "import", str(path), "--registry", f"127.0.0.1:{registry.runtime.port}", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=cli_env(GREENMESH_DATA_DIR=str(data_dir)),
     )  # fmt: skip
     output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode is not None
@@ -166,7 +169,7 @@ async def test_ten_thousand_facilities_import_once_and_reimport_idempotently(
     write_csv(path, rows)  # with the BOM Excel writes
 
     started = time.perf_counter()
-    status, output = await import_csv(path, registry.runtime.port)
+    status, output = await import_csv(path, registry)
     first = time.perf_counter() - started
     assert status == 0, output
     assert summary(output) == (10_000, 10_000, 0, 0, 0)
@@ -185,7 +188,7 @@ async def test_ten_thousand_facilities_import_once_and_reimport_idempotently(
     # The same file again: nothing is written, not even an event.
     before = await outbox_count(registry)
     started = time.perf_counter()
-    status, output = await import_csv(path, registry.runtime.port)
+    status, output = await import_csv(path, registry)
     second = time.perf_counter() - started
     assert status == 0, output
     assert summary(output) == (10_000, 0, 0, 10_000, 0)
@@ -202,7 +205,7 @@ async def test_ten_thousand_facilities_import_once_and_reimport_idempotently(
     changed[9_999]["has_monitoring"] = "否" if expected_columns(rows[9_999], operator_ids)["has_monitoring"] else "是"
     write_csv(path, changed, bom=False)
     started = time.perf_counter()
-    status, output = await import_csv(path, registry.runtime.port)
+    status, output = await import_csv(path, registry)
     third = time.perf_counter() - started
     assert status == 0, output
     assert summary(output) == (10_000, 0, 3, 9_997, 0)
@@ -216,6 +219,27 @@ async def test_ten_thousand_facilities_import_once_and_reimport_idempotently(
         )
     assert sum(f.version for f in after.values()) == 10_003
     print(f"\nimport of 10,000 rows: new {first:.1f} s, identical {second:.1f} s, 3 changed {third:.1f} s")
+
+
+async def test_the_cli_of_another_data_directory_is_refused(registry: Registry, tmp_path: Path) -> None:
+    """The CLI signs as the platform operator with its data directory's key: another machine's (or mesh's)
+    key is refused by the registry, and nothing is stored."""
+    operator = await registry.participant("RECYCLING_OUTLET_OPERATOR")
+    county, lat, lon = XUANWU
+    row = dict.fromkeys(HEADER, "")
+    row.update(
+        operator_credit_code=operator.credit_code, operator_facility_code="ELSEWHERE-1", name="回收网点",
+        facility_type="RECYCLING_OUTLET", county_code=county, latitude=str(lat), longitude=str(lon),
+    )  # fmt: skip
+    path = tmp_path / "one.csv"
+    write_csv(path, [row])
+    status, output = await import_csv(path, registry, data_dir=tmp_path / "elsewhere")
+    assert status == 2, output
+    assert "UNAUTHENTICATED" in output and "not match" in output, output
+    assert (tmp_path / "elsewhere" / "caller.key").read_text() != (
+        registry.runtime.settings.data_dir / "caller.key"
+    ).read_text()
+    assert await stored_facilities(registry) == {}
 
 
 async def test_bad_rows_are_reported_by_line_and_column_and_none_is_stored(registry: Registry, tmp_path: Path) -> None:
@@ -251,7 +275,7 @@ async def test_bad_rows_are_reported_by_line_and_column_and_none_is_stored(regis
     write_csv(path, rows)
     errors_path = tmp_path / "errors.csv"
 
-    status, output = await import_csv(path, registry.runtime.port, "--errors-csv", str(errors_path))
+    status, output = await import_csv(path, registry, "--errors-csv", str(errors_path))
     assert status == 1, output
     assert summary(output) == (10, 2, 0, 0, 8)
     assert re.search(r"received by the registry\s*│\s*8\b", output), output  # the CLI's rejects are not sent
