@@ -19,6 +19,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
@@ -453,6 +454,31 @@ class Bus:
             task.cancel()
         await asyncio.gather(*self._consumer_tasks, return_exceptions=True)
         self._consumer_tasks.clear()
+
+    async def watch(self, subjects: Sequence[str], handler: MessageHandler) -> list[Subscription]:
+        """Plain (core NATS) subscriptions for a cache that must hear of changes at once: every message
+        published from now on, without durable state or acks. The client re-subscribes after a reconnect, but
+        what was published meanwhile is missed, so a watcher must forget what it cached when the bus reports
+        the connection lost (a listener). Each message is handled in a CONSUMER span continuing its producer."""
+
+        async def deliver(message: Msg) -> None:
+            headers = message.headers or {}
+            with self.tracer.start_as_current_span(
+                f"process {message.subject}",
+                context=propagate.extract(headers),
+                kind=SpanKind.CONSUMER,
+                attributes=messaging_attributes(message.subject, headers.get(MSG_ID_HEADER)),
+            ) as span:
+                try:
+                    await handler(message)
+                except Exception as exc:
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    log.exception("watcher of %s failed on a message", message.subject)
+
+        client = self.client
+        if client is None:
+            raise RuntimeError("the bus is not connected")
+        return [await client.subscribe(subject, cb=deliver) for subject in subjects]
 
     async def _consume_forever(self, spec: ConsumerSpec) -> None:
         # Supervised: any failure (server restart, deleted consumer, lost stream) re-creates the

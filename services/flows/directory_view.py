@@ -100,6 +100,8 @@ class DirectoryView:
         self._facilities: dict[str, _FacilityRecord] = {}
         self._participants: dict[str, _ParticipantRecord] = {}
         self._by_credit_code: dict[str, str] = {}
+        # operator participant id → ids of the facilities it operates (what an enterprise may read: QueryEvents).
+        self._by_operator: dict[str, set[str]] = {}
         # Set once the first snapshot is in; stays set through outages (stale data beats no data).
         self.ready = asyncio.Event()
         # How many times a snapshot was read completely: 1 after start, +1 per re-established watch.
@@ -123,8 +125,7 @@ class DirectoryView:
         limits = limits or {}
         supervised = supervised or {}
         for facility in facilities:
-            record = _FacilityRecord(facility, limits.get(facility.facility_id), 0)
-            view._facilities[facility.facility_id] = record
+            view._store_facility(_FacilityRecord(facility, limits.get(facility.facility_id), 0))
         for participant in participants:
             division = supervised.get(participant.participant_id, "")
             view._store_participant(_ParticipantRecord(participant, division, 0))
@@ -155,6 +156,10 @@ class DirectoryView:
     def facilities(self) -> Iterable[FacilityInfo]:
         # A copy: a monitor may await between items while the watch changes the dictionary.
         return [record.info for record in self._facilities.values()]
+
+    def facilities_of(self, operator_id: str) -> frozenset[str]:
+        """The ids of the facilities this participant operates (empty for an unknown id or no facility)."""
+        return frozenset(self._by_operator.get(operator_id, ()))
 
     def supervised_division(self, participant_id: str) -> str:
         """The division a regulator supervises (e.g. ``320000``); "" for anyone else or an unknown id."""
@@ -194,7 +199,11 @@ class DirectoryView:
     def remove(self, key: str) -> bool:
         """Forget the entry under `key` (the key was deleted or purged); False when it was not held."""
         if key.startswith(FACILITY_PREFIX):
-            return self._facilities.pop(key.removeprefix(FACILITY_PREFIX), None) is not None
+            held = self._facilities.pop(key.removeprefix(FACILITY_PREFIX), None)
+            if held is None:
+                return False
+            self._unindex_facility(held)
+            return True
         if key.startswith(PARTICIPANT_PREFIX):
             record = self._participants.pop(key.removeprefix(PARTICIPANT_PREFIX), None)
             if record is None:
@@ -222,7 +231,9 @@ class DirectoryView:
             operator_id=facility.operator_id,
             county_code=facility.county_code,
         )
-        self._facilities[facility_id] = _FacilityRecord(info, limits, version)
+        if held is not None:
+            self._unindex_facility(held)  # the operator may have changed
+        self._store_facility(_FacilityRecord(info, limits, version))
         return True
 
     def _apply_participant(self, participant_id: str, participant: pb.DirectoryParticipant, version: int) -> bool:
@@ -244,6 +255,18 @@ class DirectoryView:
             self._unindex(held)  # the credit code may have changed
         self._store_participant(_ParticipantRecord(info, participant.supervised_division_code, version))
         return True
+
+    def _store_facility(self, record: _FacilityRecord) -> None:
+        self._facilities[record.info.facility_id] = record
+        if record.info.operator_id:
+            self._by_operator.setdefault(record.info.operator_id, set()).add(record.info.facility_id)
+
+    def _unindex_facility(self, record: _FacilityRecord) -> None:
+        operated = self._by_operator.get(record.info.operator_id)
+        if operated is not None:
+            operated.discard(record.info.facility_id)
+            if not operated:
+                del self._by_operator[record.info.operator_id]
 
     def _store_participant(self, record: _ParticipantRecord) -> None:
         self._participants[record.info.participant_id] = record

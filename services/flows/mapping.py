@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import date_pb2
 
 from greenmesh.flows.v1 import flows_pb2 as pb
 from meshkit.errors import FieldViolation
@@ -44,6 +45,7 @@ from services.flows.domain.events import (
 )
 from services.flows.domain.hits import Decision, RuleHit, Severity
 from services.flows.domain.identity import BatteryId, IdentifierScheme, parse_urn, validate_battery_id
+from services.flows.domain.public import PublicStatus, PublicView
 from services.flows.domain.rules import Rule
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ __all__ = [
     "ERROR_REASONS",
     "HEALTH_VERDICTS",
     "IDENTIFIER_SCHEMES",
+    "PUBLIC_STATUSES",
     "SEVERITIES",
     "UNITS",
     "EnumMap",
@@ -77,6 +80,7 @@ __all__ = [
     "hit_to_proto",
     "hits_from_json",
     "hits_to_json",
+    "public_view_to_proto",
     "rule_to_proto",
     "severity_to_proto",
     "state_to_proto",
@@ -149,6 +153,7 @@ CUSTODY_STATES: Final = EnumMap(pb.CustodyState, "CUSTODY_STATE_", CustodyState,
 # Decision.ACCEPT means "no hit"; no rule carries it and the proto has no RULE_DECISION_ACCEPT, so it is the
 # proto's UNSPECIFIED (the only alias besides UNKNOWN above).
 DECISIONS: Final = EnumMap(pb.RuleDecision, "RULE_DECISION_", Decision, unspecified=Decision.ACCEPT)
+PUBLIC_STATUSES: Final = EnumMap(pb.PublicBatteryStatus, "PUBLIC_BATTERY_STATUS_", PublicStatus)
 
 ENUM_MAPS: Final[tuple[EnumMap[Any, Any], ...]] = (
     BIZ_STEPS,
@@ -161,6 +166,7 @@ ENUM_MAPS: Final[tuple[EnumMap[Any, Any], ...]] = (
     SEVERITIES,
     CUSTODY_STATES,
     DECISIONS,
+    PUBLIC_STATUSES,
 )
 """Every enum pair, for the exhaustiveness tests."""
 
@@ -585,3 +591,17 @@ def state_to_proto(state: BatteryState) -> pb.BatteryState:
         quarantine_rule_ids=list(dict.fromkeys(cause.rule_id for cause in state.quarantine)),
         reached_compliant_channel=state.reached_recycler,
     )
+
+
+def public_view_to_proto(view: PublicView) -> pb.GetBatteryStatusResponse:
+    """The public answer; only these five fields exist on the message, so nothing else can leak through it."""
+    response = pb.GetBatteryStatusResponse(
+        status=PUBLIC_STATUSES.to_proto(view.status),
+        known=view.known,
+        in_compliant_channel=view.in_compliant_channel,
+        region_code=view.region_code,
+    )
+    if view.last_updated_on is not None:
+        day = view.last_updated_on
+        response.last_updated_on.CopyFrom(date_pb2.Date(year=day.year, month=day.month, day=day.day))
+    return response

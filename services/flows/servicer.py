@@ -4,7 +4,7 @@ google.rpc statuses. Nothing is written when a check fails."""
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import datetime as dt
 import math
 import secrets
@@ -20,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from greenmesh.flows.v1 import flows_pb2 as pb
 from greenmesh.flows.v1 import flows_pb2_grpc
 from meshkit.caller import Caller, caller_of, require_any_role, require_authenticated
+from meshkit.config import Component
 from meshkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -32,16 +33,19 @@ from meshkit.errors import (
 from meshkit.ids import new_id
 from meshkit.paging import decode_token, encode_token, page_size
 from meshkit.server import ServiceRuntime
+from meshkit.subjects import event_subject
 from services.flows import alerts, capture, statistics, store, trace
 from services.flows.directory_view import DirectoryView
 from services.flows.domain import (
     RULES,
     BatteryId,
+    CustodyState,
     Decision,
     RuleConfig,
     issue_platform_code,
 )
-from services.flows.domain.directory import PRODUCER_ROLES
+from services.flows.domain.directory import PRODUCER_ROLES, REVERSE_CHAIN_FACILITIES
+from services.flows.domain.public import StatusFacts, public_view
 from services.flows.ingest import CaptureQueue
 from services.flows.mapping import (
     battery_ref_from_proto,
@@ -49,17 +53,20 @@ from services.flows.mapping import (
     biz_step_from_proto,
     declaration_from_proto,
     declaration_to_proto,
+    public_view_to_proto,
     rule_to_proto,
     state_to_proto,
     timestamp_from_proto,
 )
 from services.flows.tables import (
     BatteryModelRow,
+    BatteryRow,
     ErrorDeclarationRow,
     FlowEventRow,
     PlatformCodeRow,
     QuarantineReleaseRow,
 )
+from services.flows.wakeups import EventWakeups
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -102,31 +109,16 @@ def battery_key(ref: pb.BatteryRef, field: str = "battery_ref") -> BatteryId:
 
 
 @dataclass
-class Notifier:
-    """Wakes subscriptions in this process when events are stored (other replicas' events arrive by polling)."""
-
-    condition: asyncio.Condition
-
-    async def notify(self) -> None:
-        async with self.condition:
-            self.condition.notify_all()
-
-    async def wait(self, timeout: float) -> None:
-        async with self.condition:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.condition.wait()
-            except TimeoutError:
-                pass
-
-
 class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
     def __init__(self, runtime: ServiceRuntime, directory: DirectoryView, config: RuleConfig) -> None:
         self.runtime = runtime
         self.directory = directory
         self.config = config
-        self.notifier = Notifier(asyncio.Condition())
-        self.captures = CaptureQueue(runtime, config, self.notifier.notify)
+        self.wakeups = EventWakeups(
+            bus=lambda: runtime.bus if runtime.bus.connected else None,
+            subject=event_subject(runtime.settings.province, Component.FLOWS, pb.FlowEventRecorded),
+        )
+        self.captures = CaptureQueue(runtime, config, self.wakeups.notify)
 
     @property
     def database(self) -> Any:
@@ -282,22 +274,25 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             ) from error
         return pb.RegisterBatteryModelResponse(model=model_message(row))
 
-    async def _readable(self, session: AsyncSession, caller: Caller, key: str, row: Any) -> None:
-        """Operators see every battery of their region; an enterprise sees those it reported or produced."""
+    async def _may_read(self, session: AsyncSession, caller: Caller, key: str, row: Any) -> bool:
+        """Whether the caller reads the battery's whole record (its trace, every event of it): operators every
+        battery of their region; an enterprise those it produced, holds or reported an event of."""
         if caller.is_platform_operator:
-            return
+            return True
         if caller.is_regulator:
             county = row.collected_county if row is not None else ""
             facility = self.directory.facility(row.holder_facility_id) if row is not None else None
             places = {county, facility.county_code if facility else ""} - {""}
             if not places or any(caller.supervises(p) for p in places):
-                return
+                return True
         participant = caller.participant_id or ""
         if row is not None and participant and participant in (row.producer_id, row.holder_id):
-            return
-        if participant and await store.has_reported_for(session, key, participant):
-            return
-        raise PermissionDenied("this battery's records are not visible to the caller")
+            return True
+        return bool(participant) and await store.has_reported_for(session, key, participant)
+
+    async def _readable(self, session: AsyncSession, caller: Caller, key: str, row: Any) -> None:
+        if not await self._may_read(session, caller, key, row):
+            raise PermissionDenied("this battery's records are not visible to the caller")
 
     async def GetBattery(self, request: pb.GetBatteryRequest, context: Context) -> pb.GetBatteryResponse:
         caller = caller_of(context)
@@ -329,6 +324,32 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
                 raise NotFound("battery", battery.urn)
             await self._readable(session, caller, battery.urn, row)
         return trace.battery_trace(history, self.directory, self.config, battery)
+
+    async def GetBatteryStatus(
+        self, request: pb.GetBatteryStatusRequest, context: Context
+    ) -> pb.GetBatteryStatusResponse:
+        # Public: the caller is not read, so an authenticated caller gets exactly what an anonymous one gets.
+        battery = battery_key(request.battery_ref)
+        async with self.database.session() as session:
+            row = await store.battery_row(session, battery.urn)  # one primary-key read
+        return public_view_to_proto(public_view(self._status_facts(row)))
+
+    def _status_facts(self, row: BatteryRow | None) -> StatusFacts | None:
+        """The facts of the public status from a battery row and its holder's directory entry (in memory; a
+        directory not loaded yet leaves the collection county)."""
+        if row is None:
+            return None
+        holder = self.directory.facility(row.holder_facility_id) if row.holder_facility_id else None
+        return StatusFacts(
+            state=CustodyState(row.state),
+            phase=CustodyState(row.phase),
+            last_event_time=row.last_event_time,
+            holder_county=holder.county_code if holder is not None else "",
+            collected_county=row.collected_county,
+            handed_in=row.collected_at is not None
+            or row.reached_recycler
+            or (holder is not None and holder.facility_type in REVERSE_CHAIN_FACILITIES),
+        )
 
     async def IssuePlatformCodes(
         self, request: pb.IssuePlatformCodesRequest, context: Context
@@ -396,7 +417,16 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
 
     # ---- queries ------------------------------------------------------------------------------
 
-    def _event_filter(self, request: pb.QueryEventsRequest, caller: Caller) -> store.EventFilter:
+    def _access(self, caller: Caller) -> store.EventAccess:
+        """An enterprise's part of the event log: what it reported, and what happened at, left from or went to a
+        facility it operates (the directory's operators, in memory)."""
+        participant = caller.participant_id or ""
+        return store.EventAccess(participant, self.directory.facilities_of(participant))
+
+    async def _event_filter(self, request: pb.QueryEventsRequest, caller: Caller) -> store.EventFilter:
+        """The request's filters and what the caller may see: its region for a regulator, everything for a platform
+        operator, and for an enterprise its part of the log (:meth:`_access`), or all the events of the battery
+        asked for when it may read that battery whole (as GetBatteryTrace: producer, holder or a reporter of it)."""
         problems: list[FieldViolation] = []
         times: dict[str, dt.datetime | None] = {}
         for name in ("event_time_from", "event_time_to", "record_time_from", "record_time_to"):
@@ -423,7 +453,16 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             key = battery.urn if battery else ""
         if problems:
             raise InvalidArgument(problems)
+        access: store.EventAccess | None = None
         oversight = caller.is_platform_operator or caller.is_regulator
+        if not oversight:
+            await self._directory()  # which facilities the caller operates
+            access = self._access(caller)
+            if key:
+                async with self.database.session() as session:
+                    row = await store.battery_row(session, key)
+                    if row is not None and await self._may_read(session, caller, key, row):
+                        access = None
         return store.EventFilter(
             biz_steps=tuple(steps),
             event_time_from=times["event_time_from"],
@@ -435,7 +474,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             destination_facility_id=request.destination_facility_id,
             battery_key=key,
             division_prefix=prefix,
-            reporter_id="" if oversight else caller.participant_id or "",
+            access=access,
             region_prefix=region_of(caller) if oversight else "",
         )
 
@@ -443,7 +482,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         caller = caller_of(context)
         require_authenticated(caller)
         limit = page_size(request.page_size)
-        event_filter = self._event_filter(request, caller)
+        event_filter = await self._event_filter(request, caller)
         # A page token is bound to the filters (and the caller) it was issued for.
         query = pb.QueryEventsRequest()
         query.CopyFrom(request)
@@ -463,21 +502,24 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         caller = caller_of(context)
         require_authenticated(caller)
         query = pb.QueryEventsRequest(biz_steps=request.biz_steps, division_prefix=request.division_prefix)
-        event_filter = self._event_filter(query, caller)
+        event_filter = await self._event_filter(query, caller)
         token = request.resume_token.strip()
         if token and not token.isdigit():
             raise InvalidArgument([FieldViolation("resume_token", "a value from an earlier response")])
         async with self.database.session() as session:
             position = int(token) if token else await store.latest_seq(session)
-        while True:
-            async with self.database.session() as session:
-                rows = await store.query_events(session, event_filter, after_seq=position, limit=500)
-                declared = await store.declarations(session, [r.event_id for r in rows if r.declared])
-            for row in rows:
-                position = row.seq or position
-                yield pb.SubscribeEventsResponse(event=stored_message(row, declared), resume_token=str(position))
-            if len(rows) < 500:
-                await self.notifier.wait(SUBSCRIPTION_POLL_SECONDS)
+        async with self.wakeups.listening():
+            while True:
+                if event_filter.access is not None:  # the facilities operated now: the directory changes
+                    event_filter = dataclasses.replace(event_filter, access=self._access(caller))
+                async with self.database.session() as session:
+                    rows = await store.query_events(session, event_filter, after_seq=position, limit=500)
+                    declared = await store.declarations(session, [r.event_id for r in rows if r.declared])
+                for row in rows:
+                    position = row.seq or position
+                    yield pb.SubscribeEventsResponse(event=stored_message(row, declared), resume_token=str(position))
+                if len(rows) < 500:
+                    await self.wakeups.wait(SUBSCRIPTION_POLL_SECONDS)
 
     # ---- alerts and statistics ----------------------------------------------------------------
 

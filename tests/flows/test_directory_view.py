@@ -430,3 +430,37 @@ def test_apply_maps_enum_names_keeps_versions_and_reindexes_without_nats() -> No
     assert not view.apply("facility.f-9", b"\xff\xff not a protobuf")
     assert not view.apply("other.x", entry_bytes(plant))
     assert not view.remove("facility.f-9")
+
+
+def test_the_operator_index_follows_applies_and_removals() -> None:
+    view = DirectoryView.of(
+        [
+            FacilityInfo("f-1", "RECYCLING_OUTLET", LISTED, "p-1"),
+            FacilityInfo("f-2", "TEMP_STORAGE_POINT", LISTED, "p-1"),
+            FacilityInfo("f-3", "RECYCLING_OUTLET", LISTED, "p-2"),
+        ]
+    )
+    assert view.facilities_of("p-1") == {"f-1", "f-2"} and view.facilities_of("p-2") == {"f-3"}
+    assert view.facilities_of("nobody") == frozenset()
+
+    def site(facility_id: str, operator_id: str, version: int) -> bytes:
+        facility = pb.DirectoryFacility(facility_id=facility_id, operator_id=operator_id)
+        return entry_bytes(pb.DirectoryEntry(facility=facility, version=version))
+
+    # A newer entry moves f-2 to p-2; an older one moving it back changes nothing.
+    assert view.apply("facility.f-2", site("f-2", "p-2", 2))
+    assert not view.apply("facility.f-2", site("f-2", "p-1", 1))
+    assert view.facilities_of("p-1") == {"f-1"} and view.facilities_of("p-2") == {"f-2", "f-3"}
+    assert view.facilities_of("p-3") == frozenset()
+    # A new facility joins its operator's set; one without an operator belongs to no one (not even "").
+    assert view.apply("facility.f-4", site("f-4", "p-3", 1))
+    assert view.apply("facility.f-5", site("f-5", "", 1))
+    assert view.facilities_of("p-3") == {"f-4"} and view.facilities_of("") == frozenset()
+    # Deleted keys leave the index, and so do facilities a completed snapshot no longer mentions.
+    assert view.remove("facility.f-1")
+    assert view.facilities_of("p-1") == frozenset()
+    view._end_snapshot({"facility.f-2", "facility.f-4", "facility.f-5"})
+    assert view.facilities_of("p-2") == {"f-2"} and view.facilities_of("p-3") == {"f-4"}
+    # The answer is a copy: changes to the view do not show through it.
+    held = view.facilities_of("p-2")
+    assert view.remove("facility.f-2") and held == {"f-2"} and view.facilities_of("p-2") == frozenset()

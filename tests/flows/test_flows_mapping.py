@@ -39,6 +39,7 @@ from services.flows.domain.events import (
 )
 from services.flows.domain.hits import Decision, RuleHit, Severity
 from services.flows.domain.identity import BatteryId, IdentifierScheme, issue_platform_code, parse_battery_id
+from services.flows.domain.public import PublicStatus
 from services.flows.domain.rules import RULES, Rule
 from services.registry.domain.credit_code import make_credit_code
 
@@ -138,6 +139,7 @@ ENUM_PAIRS: list[tuple[ProtoEnum, str, type[StrEnum], dict[str, str]]] = [
     # the two documented aliases of UNSPECIFIED
     (pb.CustodyState, "CUSTODY_STATE_", CustodyState, {"UNSPECIFIED": "UNKNOWN"}),
     (pb.RuleDecision, "RULE_DECISION_", Decision, {"UNSPECIFIED": "ACCEPT"}),
+    (pb.PublicBatteryStatus, "PUBLIC_BATTERY_STATUS_", PublicStatus, {}),
 ]
 PAIR_IDS = [domain.__name__ for _, _, domain, _ in ENUM_PAIRS]
 

@@ -168,7 +168,9 @@ async def test_the_upload_stream_summarises_a_large_file(flows: Flows, network: 
         for message in messages:
             yield fpb.UploadEventsRequest(event=message)
 
-    summary = await flows.stub.UploadEvents(lines(), metadata=tuple(network.producer.caller.metadata()), timeout=60)
+    summary = await flows.stub.UploadEvents(
+        lines(), metadata=tuple(network.producer.caller.metadata(flows.key)), timeout=60
+    )
     assert (summary.received, summary.accepted, summary.duplicates, summary.rejected) == (1_101, 1_099, 1, 1)
     assert [p.event_id for p in summary.problems] == [messages[700].event_id]
 
@@ -411,14 +413,14 @@ async def test_queries_filter_and_page_and_subscriptions_resume(flows: Flows, ne
         flows, "QueryEvents", fpb.QueryEventsRequest(page_size=2, page_token=collecting.next_page_token), PLATFORM
     )
     assert other_filter.code() is grpc.StatusCode.INVALID_ARGUMENT
-    # An enterprise sees what it reported, nothing else.
+    # An enterprise sees its part of the log: here what the outlet reported (the producer's events are elsewhere).
     own = await flows.call("QueryEvents", fpb.QueryEventsRequest(page_size=100), n.outlet.caller)
     assert {e.reporter_id for e in own.events} == {n.outlet.id}
 
     # Subscribe from the start, get everything so far, then a new event as it is recorded.
     stream = flows.stub.SubscribeEvents(
         fpb.SubscribeEventsRequest(resume_token="0", biz_steps=[fpb.BIZ_STEP_COLLECTING]),
-        metadata=tuple(PLATFORM.metadata()),
+        metadata=tuple(PLATFORM.metadata(flows.key)),
         timeout=30,
     )
     received = [await next_item(stream) for _ in range(5)]
@@ -431,7 +433,7 @@ async def test_queries_filter_and_page_and_subscriptions_resume(flows: Flows, ne
     stream.cancel()
     resumed = flows.stub.SubscribeEvents(
         fpb.SubscribeEventsRequest(resume_token=received[-1].resume_token, biz_steps=[fpb.BIZ_STEP_COLLECTING]),
-        metadata=tuple(PLATFORM.metadata()),
+        metadata=tuple(PLATFORM.metadata(flows.key)),
         timeout=30,
     )
     assert (await next_item(resumed)).event.event_id == newest.event.event_id

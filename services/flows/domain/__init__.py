@@ -8,7 +8,8 @@ Modules:
 - :mod:`.directory` — the participant and facility lookups the rules need (backed by the registry directory);
 - :mod:`.hits` — rule hits, severities and decisions;
 - :mod:`.custody` — the per-battery custody state machine and the replay of an event stream;
-- :mod:`.rules` — the compliance rules.
+- :mod:`.rules` — the compliance rules;
+- :mod:`.public` — the public, credential-free status of a battery.
 """
 
 from services.flows.domain.custody import (

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import date_pb2 as _date_pb2
 from greenmesh.common.v1 import event_pb2 as _event_pb2
 import builtins as _builtins
 import sys
@@ -367,6 +368,54 @@ CUSTODY_STATE_RECYCLED: CustodyState.ValueType  # 11
 CUSTODY_STATE_DESTROYED: CustodyState.ValueType  # 12
 CUSTODY_STATE_QUARANTINED: CustodyState.ValueType  # 13
 Global___CustodyState: _TypeAlias = CustodyState  # noqa: Y015
+
+class _PublicBatteryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PublicBatteryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PublicBatteryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PUBLIC_BATTERY_STATUS_UNSPECIFIED: _PublicBatteryStatus.ValueType  # 0
+    PUBLIC_BATTERY_STATUS_UNKNOWN_TO_PLATFORM: _PublicBatteryStatus.ValueType  # 1
+    """The platform has no effective record of this code (never reported, or every report declared in error)."""
+    PUBLIC_BATTERY_STATUS_IN_USE: _PublicBatteryStatus.ValueType  # 2
+    """Registered and not handed in yet: with its producer, at a dealer or in use (REGISTERED, IN_DISTRIBUTION,
+    AT_DEALER, IN_USE). The public answer does not tell sold from unsold.
+    """
+    PUBLIC_BATTERY_STATUS_IN_COMPLIANT_CHANNEL: _PublicBatteryStatus.ValueType  # 3
+    """Handed in and in the recycling chain: collected by a listed outlet or station, in temporary storage, in
+    transit between recycling sites, at a sorting centre or at a recycling enterprise.
+    """
+    PUBLIC_BATTERY_STATUS_RECYCLED: _PublicBatteryStatus.ValueType  # 4
+    """Dismantled or recycled by a recycling enterprise."""
+    PUBLIC_BATTERY_STATUS_DESTROYED: _PublicBatteryStatus.ValueType  # 5
+    """Destroyed (销毁)."""
+    PUBLIC_BATTERY_STATUS_QUARANTINED: _PublicBatteryStatus.ValueType  # 6
+    """A report about the battery is under review by the regulator."""
+
+class PublicBatteryStatus(_PublicBatteryStatus, metaclass=_PublicBatteryStatusEnumTypeWrapper):
+    """The public status of a battery (GetBatteryStatus): a coarse view of its CustodyState that tells no commercial
+    or personal fact. Every CustodyState maps to exactly one value.
+    """
+
+PUBLIC_BATTERY_STATUS_UNSPECIFIED: PublicBatteryStatus.ValueType  # 0
+PUBLIC_BATTERY_STATUS_UNKNOWN_TO_PLATFORM: PublicBatteryStatus.ValueType  # 1
+"""The platform has no effective record of this code (never reported, or every report declared in error)."""
+PUBLIC_BATTERY_STATUS_IN_USE: PublicBatteryStatus.ValueType  # 2
+"""Registered and not handed in yet: with its producer, at a dealer or in use (REGISTERED, IN_DISTRIBUTION,
+AT_DEALER, IN_USE). The public answer does not tell sold from unsold.
+"""
+PUBLIC_BATTERY_STATUS_IN_COMPLIANT_CHANNEL: PublicBatteryStatus.ValueType  # 3
+"""Handed in and in the recycling chain: collected by a listed outlet or station, in temporary storage, in
+transit between recycling sites, at a sorting centre or at a recycling enterprise.
+"""
+PUBLIC_BATTERY_STATUS_RECYCLED: PublicBatteryStatus.ValueType  # 4
+"""Dismantled or recycled by a recycling enterprise."""
+PUBLIC_BATTERY_STATUS_DESTROYED: PublicBatteryStatus.ValueType  # 5
+"""Destroyed (销毁)."""
+PUBLIC_BATTERY_STATUS_QUARANTINED: PublicBatteryStatus.ValueType  # 6
+"""A report about the battery is under review by the regulator."""
+Global___PublicBatteryStatus: _TypeAlias = PublicBatteryStatus  # noqa: Y015
 
 class _AlertKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1285,6 +1334,71 @@ class GetBatteryTraceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBatteryTraceResponse: _TypeAlias = GetBatteryTraceResponse  # noqa: Y015
+
+@_typing.final
+class GetBatteryStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATTERY_REF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def battery_ref(self) -> Global___BatteryRef:
+        """The code on the battery. Only value is in the path; scheme and namespace are query parameters."""
+
+    def __init__(
+        self,
+        *,
+        battery_ref: Global___BatteryRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["battery_ref", b"battery_ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_ref", b"battery_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatteryStatusRequest: _TypeAlias = GetBatteryStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetBatteryStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    IN_COMPLIANT_CHANNEL_FIELD_NUMBER: _builtins.int
+    LAST_UPDATED_ON_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    status: Global___PublicBatteryStatus.ValueType
+    """UNKNOWN_TO_PLATFORM when known is false."""
+    known: _builtins.bool
+    """Whether the platform has an effective record of the battery."""
+    in_compliant_channel: _builtins.bool
+    """True once the battery has reached the recycling chain (collected by a listed outlet, in storage, at a
+    sorting centre or a recycling enterprise, recycled, or destroyed after it was handed in); false while it is
+    on the market or in use and while it is QUARANTINED.
+    """
+    region_code: _builtins.str
+    """The city-level GB/T 2260 code (the county code's first four digits + "00", e.g. 320100) where the recycling
+    chain holds the battery or collected it; empty while it is on the market or in use, and when unknown.
+    """
+    @_builtins.property
+    def last_updated_on(self) -> _date_pb2.Date:
+        """The day (China time, UTC+8) of the battery's latest effective event; unset when known is false."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___PublicBatteryStatus.ValueType = ...,
+        known: _builtins.bool = ...,
+        in_compliant_channel: _builtins.bool = ...,
+        last_updated_on: _date_pb2.Date | None = ...,
+        region_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated_on", b"last_updated_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_compliant_channel", b"in_compliant_channel", "known", b"known", "last_updated_on", b"last_updated_on", "region_code", b"region_code", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatteryStatusResponse: _TypeAlias = GetBatteryStatusResponse  # noqa: Y015
 
 @_typing.final
 class QueryEventsRequest(_message.Message):

@@ -73,6 +73,11 @@ class FlowServiceStub:
                 request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryTraceRequest.SerializeToString,
                 response_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryTraceResponse.FromString,
                 _registered_method=True)
+        self.GetBatteryStatus = channel.unary_unary(
+                '/greenmesh.flows.v1.FlowService/GetBatteryStatus',
+                request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryStatusRequest.SerializeToString,
+                response_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryStatusResponse.FromString,
+                _registered_method=True)
         self.QueryEvents = channel.unary_unary(
                 '/greenmesh.flows.v1.FlowService/QueryEvents',
                 request_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.QueryEventsRequest.SerializeToString,
@@ -173,6 +178,18 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBatteryStatus(self, request, context):
+        """Public, credential-free: what a citizen or a dealer who scans a battery's code may know. Whether the platform
+        knows the battery, whether it reached a compliant channel, the day of its last update and the city where the
+        recycling chain holds it; never a participant, facility, event, quantity, coordinate or reporter. Anonymous
+        and authenticated callers get the same answer. A code the platform does not know answers known = false (not
+        NOT_FOUND); a malformed code is INVALID_ARGUMENT with field violations. Scheme and namespace travel as the
+        query parameters batteryRef.scheme and batteryRef.namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def QueryEvents(self, request, context):
         """Events with EPCIS-style filters and page tokens.
         """
@@ -264,6 +281,11 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.GetBatteryTrace,
                     request_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryTraceRequest.FromString,
                     response_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryTraceResponse.SerializeToString,
+            ),
+            'GetBatteryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatteryStatus,
+                    request_deserializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryStatusRequest.FromString,
+                    response_serializer=greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryStatusResponse.SerializeToString,
             ),
             'QueryEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryEvents,
@@ -499,6 +521,33 @@ class FlowService:
             '/greenmesh.flows.v1.FlowService/GetBatteryTrace',
             greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryTraceRequest.SerializeToString,
             greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatteryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenmesh.flows.v1.FlowService/GetBatteryStatus',
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryStatusRequest.SerializeToString,
+            greenmesh_dot_flows_dot_v1_dot_flows__pb2.GetBatteryStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,14 @@ class FlowServiceStub:
     """A battery's identity, model and current custody state."""
     GetBatteryTrace: _grpc.UnaryUnaryMultiCallable[_flows_pb2.GetBatteryTraceRequest, _flows_pb2.GetBatteryTraceResponse]
     """The trace of one battery: its custody chain with facilities, counties, times and rule hits."""
+    GetBatteryStatus: _grpc.UnaryUnaryMultiCallable[_flows_pb2.GetBatteryStatusRequest, _flows_pb2.GetBatteryStatusResponse]
+    """Public, credential-free: what a citizen or a dealer who scans a battery's code may know. Whether the platform
+    knows the battery, whether it reached a compliant channel, the day of its last update and the city where the
+    recycling chain holds it; never a participant, facility, event, quantity, coordinate or reporter. Anonymous
+    and authenticated callers get the same answer. A code the platform does not know answers known = false (not
+    NOT_FOUND); a malformed code is INVALID_ARGUMENT with field violations. Scheme and namespace travel as the
+    query parameters batteryRef.scheme and batteryRef.namespace.
+    """
     QueryEvents: _grpc.UnaryUnaryMultiCallable[_flows_pb2.QueryEventsRequest, _flows_pb2.QueryEventsResponse]
     """Events with EPCIS-style filters and page tokens."""
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_flows_pb2.SubscribeEventsRequest, _flows_pb2.SubscribeEventsResponse]
@@ -99,6 +107,14 @@ class FlowServiceAsyncStub(FlowServiceStub):
     """A battery's identity, model and current custody state."""
     GetBatteryTrace: _aio.UnaryUnaryMultiCallable[_flows_pb2.GetBatteryTraceRequest, _flows_pb2.GetBatteryTraceResponse]  # type: ignore[assignment]
     """The trace of one battery: its custody chain with facilities, counties, times and rule hits."""
+    GetBatteryStatus: _aio.UnaryUnaryMultiCallable[_flows_pb2.GetBatteryStatusRequest, _flows_pb2.GetBatteryStatusResponse]  # type: ignore[assignment]
+    """Public, credential-free: what a citizen or a dealer who scans a battery's code may know. Whether the platform
+    knows the battery, whether it reached a compliant channel, the day of its last update and the city where the
+    recycling chain holds it; never a participant, facility, event, quantity, coordinate or reporter. Anonymous
+    and authenticated callers get the same answer. A code the platform does not know answers known = false (not
+    NOT_FOUND); a malformed code is INVALID_ARGUMENT with field violations. Scheme and namespace travel as the
+    query parameters batteryRef.scheme and batteryRef.namespace.
+    """
     QueryEvents: _aio.UnaryUnaryMultiCallable[_flows_pb2.QueryEventsRequest, _flows_pb2.QueryEventsResponse]  # type: ignore[assignment]
     """Events with EPCIS-style filters and page tokens."""
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_flows_pb2.SubscribeEventsRequest, _flows_pb2.SubscribeEventsResponse]  # type: ignore[assignment]
@@ -181,6 +197,20 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flows_pb2.GetBatteryTraceResponse, _abc.Awaitable[_flows_pb2.GetBatteryTraceResponse]]:
         """The trace of one battery: its custody chain with facilities, counties, times and rule hits."""
+
+    @_abc_1.abstractmethod
+    def GetBatteryStatus(
+        self,
+        request: _flows_pb2.GetBatteryStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flows_pb2.GetBatteryStatusResponse, _abc.Awaitable[_flows_pb2.GetBatteryStatusResponse]]:
+        """Public, credential-free: what a citizen or a dealer who scans a battery's code may know. Whether the platform
+        knows the battery, whether it reached a compliant channel, the day of its last update and the city where the
+        recycling chain holds it; never a participant, facility, event, quantity, coordinate or reporter. Anonymous
+        and authenticated callers get the same answer. A code the platform does not know answers known = false (not
+        NOT_FOUND); a malformed code is INVALID_ARGUMENT with field violations. Scheme and namespace travel as the
+        query parameters batteryRef.scheme and batteryRef.namespace.
+        """
 
     @_abc_1.abstractmethod
     def QueryEvents(
