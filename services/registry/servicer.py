@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -176,34 +177,58 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.RegisterParticipantResponse(participant=message)
 
     async def GetParticipant(self, request: pb.GetParticipantRequest, context: Context) -> pb.GetParticipantResponse:
-        require_authenticated(caller_of(context))
+        scope = rules.read_scope(caller_of(context))
+        participant_id, code, division = "", "", ""
+        if request.participant_id:
+            participant_id = require_id("participant_id", request.participant_id)
+            rules.check_participant_id_readable(scope, participant_id)  # before looking: tells nothing
+        elif request.credit_code:
+            code = normalise_credit_code(request.credit_code)
+            division = validate_credit_code(code).division_code or ""  # where it would be registered
+        else:
+            raise InvalidArgument([FieldViolation("participant_id", "participant_id or credit_code is required")])
         async with self.runtime.database.session() as session:
-            if request.participant_id:
-                row = await store.get_participant(session, require_id("participant_id", request.participant_id))
-            elif request.credit_code:
-                code = normalise_credit_code(request.credit_code)
-                found = await store.find_participant_by_code(session, code)
-                if found is None:
-                    raise NotFound("participant", code)
-                row = found
+            if participant_id:
+                row = await store.find_participant(session, participant_id)
             else:
-                raise InvalidArgument([FieldViolation("participant_id", "participant_id or credit_code is required")])
+                row = await store.find_participant_by_code(session, code)
+            if row is None:
+                if rules.may_learn_absence(scope, participant_id=participant_id, division_code=division):
+                    raise NotFound("participant", participant_id or code)
+                raise rules.read_denied("participant")
+            visibility = rules.participant_visibility(scope, row.participant_id, row.registration_division_code)
+            if visibility is rules.Visibility.IF_OPERATING_IN_REGION:
+                operates = await store.operates_facility_in(session, row.participant_id, scope.region)
+                visibility = rules.Visibility.VISIBLE if operates else rules.Visibility.HIDDEN
+            if visibility is not rules.Visibility.VISIBLE:
+                raise rules.read_denied("participant")
             return pb.GetParticipantResponse(participant=await self._participant_message(session, row))
 
     async def ListParticipants(
         self, request: pb.ListParticipantsRequest, context: Context
     ) -> pb.ListParticipantsResponse:
-        require_authenticated(caller_of(context))
+        scope = rules.read_scope(caller_of(context))
         limit = page_size(request.page_size)
         role, status = role_name(request.role), status_name(request.status)
-        prefix = request.division_prefix.strip()
-        if prefix and (not prefix.isdigit() or len(prefix) > 6):
-            raise InvalidArgument([FieldViolation("division_prefix", "1 to 6 digits")])
-        filters = {"role": role, "status": status, "prefix": prefix}
+        prefix = rules.check_division_prefix("division_prefix", request.division_prefix)
+        allowed = rules.participant_list_filter(scope, prefix)
+        # The token is bound to the query as run (with the caller's scope), not only as asked.
+        filters = {
+            "role": role,
+            "status": status,
+            "prefix": allowed.division_prefix,
+            "participant": allowed.participant_id,
+        }
         after = decode_token(request.page_token, filters)
         async with self.runtime.database.session() as session:
             rows = await store.list_participants(
-                session, role=role, status=status, division_prefix=prefix, after=after, limit=limit + 1
+                session,
+                role=role,
+                status=status,
+                division_prefix=allowed.division_prefix,
+                participant_id=allowed.participant_id,
+                after=after,
+                limit=limit + 1,
             )
             messages = [await self._participant_message(session, row) for row in rows[:limit]]
         token = encode_token(rows[limit - 1].participant_id, filters) if len(rows) > limit else ""
@@ -216,12 +241,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         require_authenticated(caller)
         incoming = request.participant
         participant_id = require_id("participant.participant_id", incoming.participant_id)
-        paths = set(request.update_mask.paths)
-        unknown = paths - PARTICIPANT_MASK
-        if not paths or unknown:
-            raise InvalidArgument(
-                [FieldViolation("update_mask", f"name one or more of {', '.join(sorted(PARTICIPANT_MASK))}")]
-            )
+        requested, mask_problems = rules.update_mask_paths(
+            request.update_mask.paths, PARTICIPANT_MASK, identifiers=frozenset({"participant_id"})
+        )
+        if mask_problems:
+            raise InvalidArgument(mask_problems)
+        paths = {path.split(".", 1)[0] for path in requested}
         async with self._transaction() as session:
             row = await store.get_participant(session, participant_id)
             own = caller.participant_id == participant_id
@@ -352,11 +377,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListCooperations(
         self, request: pb.ListCooperationsRequest, context: Context
     ) -> pb.ListCooperationsResponse:
-        require_authenticated(caller_of(context))
+        scope = rules.read_scope(caller_of(context))
         if not request.producer_id and not request.operator_id:
             raise InvalidArgument([FieldViolation("producer_id", "producer_id or operator_id is required")])
+        allowed = rules.cooperation_list_filter(scope)
         async with self.runtime.database.session() as session:
-            rows = await store.list_cooperations(session, request.producer_id, request.operator_id)
+            rows = await store.list_cooperations(
+                session,
+                request.producer_id,
+                request.operator_id,
+                party_id=allowed.party_id,
+                party_region=allowed.party_region,
+            )
         return pb.ListCooperationsResponse(cooperations=[cooperation_message(row) for row in rows])
 
     # ---- facilities --------------------------------------------------------------------------
@@ -394,33 +426,39 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.RegisterFacilityResponse(facility=message)
 
     async def GetFacility(self, request: pb.GetFacilityRequest, context: Context) -> pb.GetFacilityResponse:
-        require_authenticated(caller_of(context))
+        scope = rules.read_scope(caller_of(context))
+        facility_id = require_id("facility_id", request.facility_id)
         async with self.runtime.database.session() as session:
-            row = await store.get_facility(session, require_id("facility_id", request.facility_id))
+            row = await store.find_facility(session, facility_id)
+        if row is None:
+            if rules.may_learn_absence(scope):
+                raise NotFound("facility", facility_id)
+            raise rules.read_denied("facility")
+        rules.authorise_facility_read(scope, row.operator_id, row.county_code)
         return pb.GetFacilityResponse(facility=facility_message(row))
 
     async def ListFacilities(self, request: pb.ListFacilitiesRequest, context: Context) -> pb.ListFacilitiesResponse:
-        require_authenticated(caller_of(context))
+        scope = rules.read_scope(caller_of(context))
         limit = page_size(request.page_size)
-        prefix = request.division_prefix.strip()
-        if prefix and (not prefix.isdigit() or len(prefix) > 6):
-            raise InvalidArgument([FieldViolation("division_prefix", "1 to 6 digits")])
+        prefix = rules.check_division_prefix("division_prefix", request.division_prefix)
         if request.operator_id:
             require_id("operator_id", request.operator_id)
+        allowed = rules.facility_list_filter(scope, request.operator_id, prefix)
+        # The token is bound to the query as run (with the caller's scope), not only as asked.
         filters = {
-            "operator": request.operator_id,
+            "operator": allowed.operator_id,
             "type": facility_type_name(request.facility_type),
             "accreditation": accreditation_name(request.accreditation_status),
-            "prefix": prefix,
+            "prefix": allowed.division_prefix,
         }
         after = decode_token(request.page_token, filters)
         async with self.runtime.database.session() as session:
             rows = await store.list_facilities(
                 session,
-                operator_id=request.operator_id,
+                operator_id=allowed.operator_id,
                 facility_type=str(filters["type"]),
                 accreditation=str(filters["accreditation"]),
-                division_prefix=prefix,
+                division_prefix=allowed.division_prefix,
                 after=after,
                 limit=limit + 1,
             )
@@ -432,17 +470,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         require_authenticated(caller)
         incoming = request.facility
         facility_id = require_id("facility.facility_id", incoming.facility_id)
-        paths = set(request.update_mask.paths)
-        if not paths or paths - FACILITY_MASK:
-            raise InvalidArgument(
-                [FieldViolation("update_mask", f"name one or more of {', '.join(sorted(FACILITY_MASK))}")]
-            )
+        requested, mask_problems = rules.update_mask_paths(
+            request.update_mask.paths, FACILITY_MASK, identifiers=frozenset({"facility_id"})
+        )
+        if mask_problems:
+            raise InvalidArgument(mask_problems)
+        paths = set(requested)
         async with self._transaction() as session:
             row = await store.get_facility(session, facility_id)
             rules.authorise_facility_write(caller, row.operator_id, row.county_code)
             merged = facility_message(row)
             for path in paths:
-                if path == "recycling_modes":
+                if "." in path:  # part of a message field: location.latitude changes the latitude only
+                    FieldMask(paths=[path]).MergeMessage(incoming, merged)
+                elif path == "recycling_modes":
                     merged.ClearField("recycling_modes")
                     merged.recycling_modes.extend(incoming.recycling_modes)
                 elif path in ("location", "storage_limits", "safety"):
@@ -510,6 +551,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def FindNearestOutlets(
         self, request: pb.FindNearestOutletsRequest, context: Context
     ) -> pb.FindNearestOutletsResponse:
+        """Public (no credential): listed hand-in points only, and of each only what a consumer needs to go
+        there — the site's name, type, county, address, position, hours, own phone and modes. Never the
+        operator (id, credit code, contact), its own site code, storage limits or safety data."""
         lat, lon = request.location.latitude, request.location.longitude
         violations = [FieldViolation(f"location.{v.field}", v.message) for v in validate_wgs84(lon=lon, lat=lat)]
         if not request.HasField("location"):
@@ -519,8 +563,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if not 0 <= request.max_distance_km <= MAX_RADIUS_KM:
             violations.append(FieldViolation("max_distance_km", f"0 to {MAX_RADIUS_KM:.0f}"))
         types = [facility_type_name(t) for t in request.facility_types]
-        if "" in types:
-            violations.append(FieldViolation("facility_types", "unknown or unspecified type"))
+        violations += rules.public_outlet_type_violations("facility_types", types)
         if violations:
             raise InvalidArgument(violations)
         limit = request.limit or DEFAULT_NEAREST

@@ -17,10 +17,25 @@ Row = TypeVar("Row", bound=SQLModel)
 
 
 async def get_participant(session: AsyncSession, participant_id: str) -> ParticipantRow:
-    row = await session.get(ParticipantRow, participant_id)
+    row = await find_participant(session, participant_id)
     if row is None:
         raise NotFound("participant", participant_id)
     return row
+
+
+async def find_participant(session: AsyncSession, participant_id: str) -> ParticipantRow | None:
+    return await session.get(ParticipantRow, participant_id)
+
+
+async def operates_facility_in(session: AsyncSession, operator_id: str, division_prefix: str) -> bool:
+    """Whether the participant runs at least one facility whose county starts with `division_prefix` (the
+    operator_id index finds its facilities; at most one row is read)."""
+    query = (
+        select(FacilityRow.facility_id)
+        .where(col(FacilityRow.operator_id) == operator_id, col(FacilityRow.county_code).startswith(division_prefix))
+        .limit(1)
+    )
+    return (await session.exec(query)).first() is not None
 
 
 async def find_participant_by_code(session: AsyncSession, credit_code: str) -> ParticipantRow | None:
@@ -44,9 +59,19 @@ async def status_history(session: AsyncSession, participant_id: str) -> list[Sta
 
 
 async def list_participants(
-    session: AsyncSession, *, role: str, status: str, division_prefix: str, after: str | None, limit: int
+    session: AsyncSession,
+    *,
+    role: str,
+    status: str,
+    division_prefix: str,
+    after: str | None,
+    limit: int,
+    participant_id: str = "",
 ) -> list[ParticipantRow]:
+    """A page of participants in id order; `participant_id` (when set) keeps only that one."""
     query = select(ParticipantRow)
+    if participant_id:
+        query = query.where(col(ParticipantRow.participant_id) == participant_id)
     if role:
         # roles is a comma-separated list; match a whole name.
         query = query.where(
@@ -88,10 +113,14 @@ async def bump(
 
 
 async def get_facility(session: AsyncSession, facility_id: str) -> FacilityRow:
-    row = await session.get(FacilityRow, facility_id)
+    row = await find_facility(session, facility_id)
     if row is None:
         raise NotFound("facility", facility_id)
     return row
+
+
+async def find_facility(session: AsyncSession, facility_id: str) -> FacilityRow | None:
+    return await session.get(FacilityRow, facility_id)
 
 
 async def facilities_by_codes(
@@ -163,13 +192,41 @@ async def covered_counties(session: AsyncSession, types: Sequence[str], province
     return set((await session.exec(query)).all())
 
 
-async def list_cooperations(session: AsyncSession, producer_id: str, operator_id: str) -> list[CooperationRow]:
+async def list_cooperations(
+    session: AsyncSession, producer_id: str, operator_id: str, *, party_id: str = "", party_region: str = ""
+) -> list[CooperationRow]:
+    """Cooperations of a producer and/or an operator; `party_id` keeps those it is the producer or the operator
+    of, `party_region` those with a party registered in a division starting with it."""
     query = select(CooperationRow)
     if producer_id:
         query = query.where(col(CooperationRow.producer_id) == producer_id)
     if operator_id:
         query = query.where(col(CooperationRow.operator_id) == operator_id)
+    if party_id:
+        query = query.where(
+            or_(col(CooperationRow.producer_id) == party_id, col(CooperationRow.operator_id) == party_id)
+        )
+    if party_region:
+        # Per cooperation found (by the indexed producer or operator), a primary-key look at each party.
+        query = query.where(
+            or_(
+                _registered_in(col(CooperationRow.producer_id), party_region),
+                _registered_in(col(CooperationRow.operator_id), party_region),
+            )
+        )
     return list((await session.exec(query.order_by(col(CooperationRow.created_at)))).all())
+
+
+def _registered_in(participant_id: Any, division_prefix: str) -> Any:
+    """SQL: the participant `participant_id` (a column) is registered in a division starting with the prefix."""
+    return (
+        select(ParticipantRow.participant_id)
+        .where(
+            col(ParticipantRow.participant_id) == participant_id,
+            col(ParticipantRow.registration_division_code).startswith(division_prefix),
+        )
+        .exists()
+    )
 
 
 async def get_credential(session: AsyncSession, key_id: str) -> CredentialRow:
