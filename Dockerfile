@@ -22,7 +22,12 @@ COPY greenmesh_cli greenmesh_cli
 # A regular (non-editable) install: the final stage needs only /opt/greenmesh, not the sources.
 # Every dependency ships manylinux wheels, so no compiler is needed; then byte-compile once, here, because the
 # final image's root filesystem is read-only.
+COPY gen/descriptors gen/descriptors
+# The descriptor set (with the protos' comments, for the gateway's OpenAPI descriptions) sits where
+# gateway/openapi.py looks for it: <site-packages>/gen/descriptors, beside the installed packages.
 RUN pip install . \
+    && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+    && mkdir -p "$site/gen" && cp -r gen/descriptors "$site/gen/" \
     && python -m compileall -q /opt/greenmesh/lib \
     && greenmesh --help > /dev/null
 

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -105,15 +105,17 @@ async def serve(port: int, host: str = "127.0.0.1") -> None:
 
 
 @contextlib.contextmanager
-def subprocess_server(argv: Sequence[str], *, host: str = "127.0.0.1", timeout: float = 20.0) -> Iterator[str]:
+def subprocess_server(
+    argv: Sequence[str], *, host: str = "127.0.0.1", timeout: float = 20.0, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Run `argv` (a server that prints `READY <port>` on stdout once listening); yield `host:port`.
 
     The server picks its own port (port 0), so there is no race for a free port. Its stderr is
     inherited, so a crash shows up in the benchmark's output.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    process = subprocess.Popen(list(argv), stdout=subprocess.PIPE, cwd=REPO_ROOT, env=env, text=True)
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")]))
+    process = subprocess.Popen(list(argv), stdout=subprocess.PIPE, cwd=REPO_ROOT, env=environment, text=True)
     try:
         port = _await_ready(process, timeout)
         yield f"{host}:{port}"

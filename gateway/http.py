@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from collections.abc import Generator, Sequence
 
 import uvicorn
-from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from gateway.mesh_status import StatusSource
 from greenmesh.mesh.v1 import status_pb2
 
-StatusSource = Callable[[], Coroutine[Any, Any, status_pb2.GetMeshStatusResponse]]
 
-
-def build_app(status: StatusSource) -> Starlette:
-    async def mesh_status(_request: Request) -> JSONResponse:
-        reply = await status()
-        return JSONResponse(MessageToDict(reply))
+def build_app(status: StatusSource, routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """`/healthz` (the whole mesh's health, 503 unless every component serves), then `routes`: the REST API
+    transcoded from the protos (which includes `GET /v1/mesh/status`), the OpenAPI document and its docs page."""
 
     async def healthz(_request: Request) -> JSONResponse:
         reply = await status()
@@ -33,7 +29,7 @@ def build_app(status: StatusSource) -> Starlette:
             {"all_serving": reply.all_serving, "components": body}, status_code=200 if reply.all_serving else 503
         )
 
-    return Starlette(routes=[Route("/v1/mesh/status", mesh_status), Route("/healthz", healthz)])
+    return Starlette(routes=[Route("/healthz", healthz), *routes])
 
 
 class EmbeddedServer(uvicorn.Server):

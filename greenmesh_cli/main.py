@@ -238,3 +238,35 @@ def energy_import_readings(
 
 
 app.add_typer(k8s_app, name="k8s")
+
+
+credential_app = typer.Typer(help="API keys for the gateway.", no_args_is_help=True)
+app.add_typer(credential_app, name="credential")
+
+
+@credential_app.command("bootstrap")
+def credential_bootstrap(
+    registry: Annotated[
+        str | None, typer.Option(help="host:port of the registry; default: the running mesh, else the configuration")
+    ] = None,
+    credit_code: Annotated[
+        str | None,
+        typer.Option(help="the platform operator's unified social credit code; default: a made-up local one"),
+    ] = None,
+    legal_name: Annotated[
+        str, typer.Option(help="its name, when it must be registered")
+    ] = "GreenMesh 平台运营方 (本机)",
+    label: Annotated[str, typer.Option(help="the key's label")] = "greenmesh credential bootstrap",
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the registry to answer")] = 5.0,
+) -> None:
+    """Issue an API key of the platform operator, registering that operator first if need be.
+
+    Talks to the registry directly as this machine's operator (the mesh key in the data directory, or
+    GREENMESH_CALLER_KEY), so it works before any key exists. Prints only the key on standard output:
+    KEY=$(greenmesh credential bootstrap)."""
+    from greenmesh_cli.credentials import run_bootstrap_command
+
+    status, key = run_bootstrap_command(registry, credit_code, legal_name, label, connect_timeout, Console(stderr=True))
+    if key:
+        print(key)
+    raise typer.Exit(status)

@@ -10,7 +10,7 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshkit.provinces import is_province_code
@@ -35,6 +35,8 @@ DEFAULT_GRPC_PORTS: dict[Component, int] = {
     Component.ENERGY: 50053,
 }
 DEFAULT_HTTP_PORT = 8080
+# A shared secret that signs caller identities (meshkit/caller.py) is at least this long.
+MIN_CALLER_KEY_LENGTH = 32
 
 
 class MeshSettings(BaseSettings):
@@ -49,10 +51,36 @@ class MeshSettings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: a SQLite file <data_dir>/<component>.db"
     )
+    caller_key: SecretStr | None = Field(
+        None,
+        description=(
+            "the mesh's shared secret that signs caller identities; at least 32 characters; in Kubernetes from "
+            "the Secret; default: <data_dir>/caller.key, made when missing"
+        ),
+    )
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds; 0.0.0.0 in containers")
     grpc_port: int | None = Field(None, ge=0, le=65535, description="default: per component, 50050-50053")
     http_host: str = Field("127.0.0.1")
     http_port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535, description="the gateway's REST port")
+    gateway_default_timeout_seconds: float = Field(
+        10.0, gt=0, description="gateway: deadline of a backend call when the client sets none"
+    )
+    gateway_max_timeout_seconds: float = Field(60.0, gt=0, description="gateway: the longest deadline a client gets")
+    gateway_stream_timeout_seconds: float = Field(
+        3600.0, gt=0, description="gateway: default and longest deadline of a server stream (the event subscription)"
+    )
+    gateway_max_request_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="gateway: the largest REST request body (413 above it)"
+    )
+    gateway_rate_per_second: float = Field(50.0, gt=0, description="gateway: calls per second per credential")
+    gateway_rate_burst: float = Field(100.0, ge=1, description="gateway: bucket size per credential")
+    gateway_anonymous_rate_per_second: float = Field(
+        10.0, gt=0, description="gateway: calls per second per client address without a credential"
+    )
+    gateway_anonymous_rate_burst: float = Field(20.0, ge=1)
+    gateway_credential_cache_seconds: float = Field(
+        300.0, gt=0, description="gateway: how long a verified API key is trusted without asking the registry"
+    )
     registry_addr: str = Field("127.0.0.1:50051", description="host:port the gateway reaches registry at")
     flows_addr: str = Field("127.0.0.1:50052")
     energy_addr: str = Field("127.0.0.1:50053")
@@ -84,6 +112,18 @@ class MeshSettings(BaseSettings):
     def _province_is_gbt2260(cls, value: str) -> str:
         if not is_province_code(value):
             raise ValueError(f"{value!r} is not a GB/T 2260 province code such as 32 (Jiangsu)")
+        return value
+
+    @field_validator("caller_key")
+    @classmethod
+    def _caller_key_is_real(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < MIN_CALLER_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_CALLER_KEY_LENGTH} characters (e.g. `openssl rand -hex 32`)")
+        if "CHANGE-ME" in secret.upper():
+            raise ValueError("is the placeholder of deploy/k8s/base/secret.yaml; generate one: openssl rand -hex 32")
         return value
 
     @field_validator("log_level")

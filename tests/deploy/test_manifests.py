@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from greenmesh_cli.k8s import check_code, render_overlay, size_of
@@ -306,6 +307,32 @@ def test_database_urls_only_in_the_secret(code: str) -> None:
             assert "value" not in value or not secret_pattern.search(str(value["value"]))
 
 
+@examples
+def test_every_component_gets_the_caller_key_from_the_secret(code: str) -> None:
+    """The gateway signs caller identities and the services verify them with GREENMESH_CALLER_KEY: every one
+    must get the same key, from the Secret, never from the ConfigMap."""
+    docs = render_example(code)
+    secret = named(docs, "Secret", "greenmesh-database")
+    given = set()
+    for workload, template in pod_specs(docs):
+        component = workload["metadata"]["name"]
+        if component not in COMPONENTS:
+            continue
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert "value" not in env["GREENMESH_CALLER_KEY"], component
+        reference = env["GREENMESH_CALLER_KEY"]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": "greenmesh-database", "key": "caller-key"}, component
+        given.add(component)
+    assert given == set(COMPONENTS) == {*(c.value for c in SERVICES), "gateway"}
+    assert "GREENMESH_CALLER_KEY" not in config_map(docs)
+    # The committed value is a placeholder, which the components refuse to start with.
+    placeholder = secret["stringData"]["caller-key"]
+    assert "CHANGE-ME" in placeholder
+    with pytest.raises(ValidationError, match="placeholder"):
+        MeshSettings.model_validate({"caller_key": placeholder})
+
+
 # ---- commands ----
 
 
@@ -387,7 +414,8 @@ def test_network_policies(code: str) -> None:
         sources = allowed_sources(docs, pods[component.value], port)
         assert sources and all(s in (gateway, service) for s in sources)
     assert all(s == service for s in allowed_sources(docs, pods["postgres"], 5432))
-    assert allowed_sources(docs, pods["nats"], 4222) == [service, {"app.kubernetes.io/name": "nats"}]
+    # The gateway subscribes to the registry's credential events, so it reaches NATS too.
+    assert allowed_sources(docs, pods["nats"], 4222) == [service, gateway, {"app.kubernetes.io/name": "nats"}]
     assert allowed_sources(docs, pods["nats"], 6222) == [{"app.kubernetes.io/name": "nats"}]
     assert allowed_sources(docs, pods["jaeger"], 4317) == [{"app.kubernetes.io/name": "otel-collector"}]
     for name, labels in pods.items():

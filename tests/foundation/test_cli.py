@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -41,21 +42,31 @@ def test_bad_configuration_stops_with_one_line_naming_the_variable(tmp_path: Pat
     assert lines[0].startswith(f"greenmesh: configuration error: {variable}: ")
 
 
+def start_up(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([*GREENMESH, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_mesh(up: subprocess.Popen[str], data_dir: Path, timeout: float = 90) -> dict[str, Any]:
+    """The endpoints `greenmesh up` writes once every component serves (its mesh.json)."""
+    mesh_file = data_dir / "mesh.json"
+    deadline = time.monotonic() + timeout
+    while not mesh_file.exists():
+        assert up.poll() is None, up.stdout.read() if up.stdout else ""
+        assert time.monotonic() < deadline, f"mesh did not come up within {timeout:g} s"
+        time.sleep(0.2)
+    endpoints: dict[str, Any] = json.loads(mesh_file.read_text())
+    return endpoints
+
+
 @pytest.mark.slow
 def test_up_brings_the_mesh_up_and_stops_it_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "mesh"
     http_port = free_port()
     env = clean_env(data_dir, GREENMESH_HTTP_PORT=str(http_port))
     # Different gRPC ports from any mesh a developer may be running: `up` must move off taken ports.
-    up = subprocess.Popen([*GREENMESH, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = start_up(env)
     try:
-        mesh_file = data_dir / "mesh.json"
-        deadline = time.monotonic() + 90
-        while not mesh_file.exists():
-            assert up.poll() is None, up.stdout.read() if up.stdout else ""
-            assert time.monotonic() < deadline, "mesh did not come up within 90 s"
-            time.sleep(0.2)
-        endpoints = json.loads(mesh_file.read_text())
+        endpoints = wait_for_mesh(up, data_dir)
         assert set(endpoints["grpc"]) == {"registry", "flows", "energy", "gateway"}
         assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
 
