@@ -1,10 +1,11 @@
 """`greenmesh k8s`: Kubernetes helpers. `overlay <code>` writes the Kustomize overlay of one province.
 
 The overlay sits on `deploy/k8s/base` and sets what differs between provinces: the namespace `greenmesh-<code>`,
-the label `greenmesh.io/province`, `GREENMESH_PROVINCE`, the OpenTelemetry resource attribute
-`greenmesh.province`, the names of the cluster-scoped RBAC objects, and replica and resource sizing. The
-committed example overlays are exactly this command's output (tests/deploy checks it), so edit this module,
-not the generated files.
+the label `greenmesh.io/province` (also on the namespace: the national hub admits leaf connections from the
+namespaces that carry it), `GREENMESH_PROVINCE`, the OpenTelemetry resource attribute `greenmesh.province`, the
+JetStream domain `p<code>` of the province's NATS (and, if given, the national hub's leaf URL), the names of the
+cluster-scoped RBAC objects, and replica and resource sizing. The committed example overlays are exactly this
+command's output (tests/deploy checks it), so edit this module, not the generated files.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
 from meshkit.config import Component
+from meshkit.national import province_domain
 from meshkit.provinces import MAINLAND_PROVINCES, PROVINCES
 
 app = typer.Typer(help="Kubernetes: generate the Kustomize overlay of a province.", no_args_is_help=True)
@@ -102,6 +105,27 @@ def namespace_of(code: str) -> str:
     return f"greenmesh-{code}"
 
 
+# The schemes nats-server accepts in a leaf-node remote's URL.
+LEAF_URL_SCHEMES = frozenset({"nats-leaf", "nats", "tls", "ws", "wss"})
+
+
+class BadLeafUrl(ValueError):
+    pass
+
+
+def check_leaf_url(url: str) -> str:
+    """A URL of the national hub's leaf-node listener, e.g. nats-leaf://hub.example.cn:7422."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in LEAF_URL_SCHEMES or not parts.hostname or port is None or any(c.isspace() for c in url):
+        schemes = ", ".join(sorted(LEAF_URL_SCHEMES))
+        raise BadLeafUrl(f"{url!r} is not a leaf-node URL <scheme>://<host>:<port> (scheme one of {schemes})")
+    return url
+
+
 def _json_patch(kind: str, name: str, operations: list[tuple[str, str]]) -> list[str]:
     lines = ["  - target:", f"      kind: {kind}", f"      name: {name}", "    patch: |-"]
     for path, value in operations:
@@ -109,9 +133,12 @@ def _json_patch(kind: str, name: str, operations: list[tuple[str, str]]) -> list
     return lines
 
 
-def render_overlay(code: str) -> dict[str, str]:
-    """The overlay's files (name -> text) for the province `code`."""
+def render_overlay(code: str, national_leaf_url: str | None = None) -> dict[str, str]:
+    """The overlay's files (name -> text) for the province `code`; `national_leaf_url` replaces the base's URL of
+    the national hub (its Service nats-leaf in the namespace greenmesh-national of the same cluster)."""
     check_code(code)
+    if national_leaf_url is not None:
+        check_leaf_url(national_leaf_url)
     size = size_of(code)
     namespace = namespace_of(code)
     header = [
@@ -137,6 +164,15 @@ def render_overlay(code: str) -> dict[str, str]:
         "    literals:",
         f"      - GREENMESH_PROVINCE={code}",
         f"      - OTEL_RESOURCE_ATTRIBUTES=greenmesh.province={code},deployment.environment=production",
+        # the environment of the province's NATS servers: its JetStream domain (and the hub, if elsewhere)
+        "  - name: nats-national",
+        "    behavior: merge",
+        "    literals:",
+        f"      - JS_DOMAIN={province_domain(code)}",
+    ]
+    if national_leaf_url is not None:
+        lines.append(f"      - NATIONAL_LEAF_URL={national_leaf_url}")
+    lines += [
         "replicas:",
     ]
     for component, count in size.replicas.items():
@@ -179,9 +215,9 @@ def render_overlay(code: str) -> dict[str, str]:
     return {"kustomization.yaml": "\n".join(lines) + "\n", "namespace.yaml": "\n".join(namespace_yaml) + "\n"}
 
 
-def write_overlay(code: str, output: Path) -> Path:
+def write_overlay(code: str, output: Path, national_leaf_url: str | None = None) -> Path:
     """Write the overlay into `output/province-<code>` and return that directory."""
-    files = render_overlay(code)  # checks the code before anything is written
+    files = render_overlay(code, national_leaf_url)  # checks the arguments before anything is written
     target = output / f"province-{code}"
     target.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -195,11 +231,18 @@ def overlay(
     output: Annotated[
         Path, typer.Option(help="directory of overlays; the overlay goes to <output>/province-<code>")
     ] = DEFAULT_OVERLAYS_DIR,
+    national_leaf_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the national hub's leaf-node URL, if not the base's "
+            "nats-leaf://nats-leaf.greenmesh-national.svc.cluster.local:7422 (the same cluster)"
+        ),
+    ] = None,
 ) -> None:
-    """Write the Kustomize overlay of one province (namespace, labels, settings, sizing)."""
+    """Write the Kustomize overlay of one province (namespace, labels, settings, NATS domain, sizing)."""
     try:
-        target = write_overlay(code, output)
-    except UnknownProvince as error:
+        target = write_overlay(code, output, national_leaf_url)
+    except (UnknownProvince, BadLeafUrl) as error:
         typer.echo(f"greenmesh: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {target} (province {code} {PROVINCES[code]}, sizing {size_of(code).name})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = K8S / "overlays"
+NATIONAL = K8S / "national"
 EXAMPLE_PROVINCES = ("32", "44", "51")
+# the Kubernetes version whose schemas (kubernetes-validate) the rendered objects must satisfy
+KUBERNETES_VERSION = "1.37.0"
 
 Doc = dict[str, Any]
 
@@ -40,6 +44,11 @@ def render_example(code: str) -> tuple[Doc, ...]:
     return tuple(render(OVERLAYS / f"province-{code}"))
 
 
+@functools.cache
+def render_national() -> tuple[Doc, ...]:
+    return tuple(render(NATIONAL))
+
+
 def of_kind(docs: tuple[Doc, ...] | list[Doc], kind: str) -> list[Doc]:
     return [doc for doc in docs if doc["kind"] == kind]
 
@@ -50,12 +59,39 @@ def named(docs: tuple[Doc, ...] | list[Doc], kind: str, name: str) -> Doc:
 
 
 def pod_specs(docs: tuple[Doc, ...] | list[Doc]) -> Iterator[tuple[Doc, Doc]]:
-    """(workload, pod template) for every Deployment and StatefulSet."""
+    """(workload, pod template) for every Deployment, StatefulSet and Job."""
     for doc in docs:
-        if doc["kind"] in {"Deployment", "StatefulSet"}:
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}:
             yield doc, doc["spec"]["template"]
+
+
+def dockerfile_uid() -> int:
+    """The UID the image runs as (its `USER`)."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    (user,) = re.findall(r"^USER (\d+):\d+$", text, re.MULTILINE)
+    return int(user)
 
 
 def containers(pod_template: Doc) -> list[Doc]:
     spec = pod_template["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def assert_hardened(workload: Doc, template: Doc) -> None:
+    """The pod runs as non-root with the RuntimeDefault seccomp profile, mounts only volumes it declares, and
+    every container has a read-only root filesystem, no privilege escalation and no capabilities."""
+    pod = template["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounted = {m["name"] for c in containers(template) for m in c.get("volumeMounts", [])}
+    declared = {v["name"] for v in pod.get("volumes", [])}
+    declared |= {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+    assert mounted <= declared
+    for container in containers(template):
+        context = container["securityContext"]
+        where = (workload["metadata"]["name"], container["name"])
+        assert context["runAsNonRoot"] is True, where
+        assert context["readOnlyRootFilesystem"] is True, where
+        assert context["allowPrivilegeEscalation"] is False, where
+        assert context["capabilities"] == {"drop": ["ALL"]}, where
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where

