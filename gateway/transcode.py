@@ -63,19 +63,7 @@ from grpc_status import rpc_status
 
 from gateway.http_rules import Binding
 
-# Imported for their side effect too: every google.rpc detail type is in the default pool, so `@type` renders.
-DETAIL_TYPES: tuple[type[Message], ...] = (
-    error_details_pb2.ErrorInfo,
-    error_details_pb2.RetryInfo,
-    error_details_pb2.DebugInfo,
-    error_details_pb2.QuotaFailure,
-    error_details_pb2.PreconditionFailure,
-    error_details_pb2.BadRequest,
-    error_details_pb2.RequestInfo,
-    error_details_pb2.ResourceInfo,
-    error_details_pb2.Help,
-    error_details_pb2.LocalizedMessage,
-)
+# Importing error_details_pb2 puts every google.rpc detail type in the default pool, so `@type` renders.
 
 # The JSON printing options of every response (see the module docstring).
 JSON_PRINT_OPTIONS: Mapping[str, bool] = {
@@ -123,7 +111,7 @@ _FIELD_MASK = "google.protobuf.FieldMask"
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-_INT_RANGES: Mapping[int, tuple[int, int]] = {
+INT_RANGES: Mapping[int, tuple[int, int]] = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
@@ -136,6 +124,11 @@ _INT_RANGES: Mapping[int, tuple[int, int]] = {
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _DECIMAL = re.compile(r"[+-]?[0-9]+")
+# The deepest JSON body accepted, as deep as protobuf's own JSON parser goes (json_format's max_recursion_depth).
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,10 +306,43 @@ def _body_document(binding: Binding, body: bytes) -> Any | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise TranscodeError(f"the request body is not UTF-8: {error}") from None
+    if json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise TranscodeError(f"the request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant)
     except ValueError as error:
         raise TranscodeError(f"the request body is not valid JSON: {error}") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(document):
+        raise TranscodeError(
+            "the request body is not valid JSON text: a \\uD800-\\uDFFF escape without its pair is no Unicode character"
+        )
+    return document
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit` anywhere in `text` (brackets in strings do not count).
+    Measured on the text before it is parsed, so unbalanced text is measured too: Python's JSON parser recurses
+    once per level and would exhaust the stack (a RecursionError, not a ValueError) on thousands of levels."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _has_lone_surrogate(document: Any) -> bool:
+    """A string (or key) of the parsed document holds half a surrogate pair, which no UTF-8 can encode."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -672,8 +698,8 @@ def scalar_from_text(item: FieldDescriptor, text: str) -> Any:
         return number
     if kind == FieldDescriptor.TYPE_BYTES:
         return _base64(text)
-    if kind in _INT_RANGES:
-        low, high = _INT_RANGES[kind]
+    if kind in INT_RANGES:
+        low, high = INT_RANGES[kind]
         if not _DECIMAL.fullmatch(text):
             raise ValueError(f"expected an integer, got {text!r}")
         value = int(text)

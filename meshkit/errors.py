@@ -1,14 +1,17 @@
 """Domain errors and their mapping to `google.rpc.Status` with details (through grpcio-status).
 
 Services raise these; the server interceptor turns them into a status with `BadRequest` field
-violations, `ErrorInfo` with a stable reason, or `ResourceInfo`. Anything else becomes INTERNAL with a
-generic message and is logged with the trace id, so no internals leak to callers.
+violations, `ErrorInfo` with a stable reason, or `ResourceInfo`. A database that cannot be used right now
+(connection lost or refused, server restarting, SQLite's write lock held too long) becomes UNAVAILABLE, which
+a client may retry (`database_unavailable`). Anything else becomes INTERNAL with a generic message and is
+logged with the trace id, so no internals leak to callers.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +22,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
+from sqlalchemy import exc as sa_exc
+
+from meshkit.bounded_status import bounded
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +148,72 @@ class Unavailable(DomainError):
         super().__init__(message, reason=reason)
 
 
+# PostgreSQL SQLSTATEs that say "not now" rather than "wrong": the class 08 (connection exception) and these.
+_PG_UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown: pg_terminate_backend, or a fast shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: starting up or shutting down
+        "53300",  # too_many_connections
+    }
+)
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes: another connection holds the lock past busy_timeout
+_DATABASE_DRIVERS = ("asyncpg", "aiosqlite", "sqlalchemy")
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+DATABASE_BUSY = "DATABASE_BUSY"
+
+
+def _raised_in_driver(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        if str(traceback.tb_frame.f_globals.get("__name__", "")).startswith(_DATABASE_DRIVERS):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def database_unavailable(error: BaseException) -> Unavailable | None:
+    """The UNAVAILABLE answer for an error that means the database cannot be used right now, or None.
+
+    The failed transaction was rolled back, unless the connection broke during its COMMIT, when it may have
+    committed: a retry of an idempotent call (a report carries its event ids) then answers DUPLICATE; as gRPC
+    says of UNAVAILABLE, other calls are retried with care. Failures to connect reach us unwrapped by SQLAlchemy
+    (asyncpg's errors, an OSError from the socket), so the chain of causes is searched; an OSError counts only
+    when a database driver raised it.
+    """
+    seen: set[int] = set()
+    chain: list[BaseException] = [error]
+    while chain:
+        current = chain.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return Unavailable("the connection to the database was lost; retry shortly", reason=DATABASE_UNAVAILABLE)
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in _PG_UNAVAILABLE_SQLSTATES):
+            return Unavailable(
+                f"the database is unavailable (SQLSTATE {sqlstate}); retry shortly", reason=DATABASE_UNAVAILABLE
+            )
+        sqlite_code = getattr(current, "sqlite_errorcode", 0) if isinstance(current, sqlite3.Error) else 0
+        if (sqlite_code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return Unavailable("the database is busy with another writer; retry shortly", reason=DATABASE_BUSY)
+        if isinstance(current, OSError) and _raised_in_driver(current):
+            return Unavailable("the database cannot be reached; retry shortly", reason=DATABASE_UNAVAILABLE)
+        if isinstance(current, sa_exc.DBAPIError) and isinstance(current.orig, BaseException):
+            chain.append(current.orig)
+        chain.extend(cause for cause in (current.__cause__, current.__context__) if cause is not None)
+    return None
+
+
 def _trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else "-"
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
-    status = rpc_status.to_status(error.to_status())
+    # Cut to fit the trailers: an error quoting a huge value must still reach the client as itself.
+    status = rpc_status.to_status(bounded(error.to_status()))
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
@@ -167,7 +232,8 @@ def _is_abort(error: BaseException) -> bool:
 
 @asynccontextmanager
 async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], method: str) -> AsyncIterator[None]:
-    """DomainError -> its rich status; any other exception -> INTERNAL with only the trace id."""
+    """DomainError -> its rich status; the database unavailable -> UNAVAILABLE; any other exception ->
+    INTERNAL with only the trace id."""
     try:
         yield
     except DomainError as error:
@@ -175,7 +241,13 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], method: str
     except Exception as error:
         if _is_abort(error):
             raise
-        await abort_internal(context, method, error)
+        unavailable = database_unavailable(error)
+        if unavailable is None:
+            await abort_internal(context, method, error)
+        else:
+            first_line = next(iter(str(error).splitlines()), "")[:200]
+            log.warning("%s: %s (%s: %s)", method, unavailable.message, type(error).__name__, first_line)
+            await abort_with(context, unavailable)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):

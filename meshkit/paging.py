@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 
 from meshkit.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# An integer position (a sequence number, a start second) in a token: what fits SQL's BIGINT, in ASCII digits.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def page_size(requested: int) -> int:
@@ -49,3 +52,20 @@ def decode_token(token: str, filters: Mapping[str, object]) -> str | None:
     if fingerprint != _fingerprint(filters):
         raise InvalidArgument([FieldViolation("page_token", "was issued for a query with other filters")])
     return last_key
+
+
+def decode_integer_token(token: str, filters: Mapping[str, object]) -> int | None:
+    """`decode_token` for lists keyed by an integer (a sequence number, a start second): the last key as an int,
+    or None for the first page. A token whose key is not such an integer was not issued here: INVALID_ARGUMENT
+    (a forged one could otherwise reach SQL as a number no column holds)."""
+    last_key = decode_token(token, filters)
+    if last_key is None:
+        return None
+    return integer_position(last_key, "page_token")
+
+
+def integer_position(text: str, field: str) -> int:
+    """A position a client was given (a page token's key, a stream's resume token) back as an int."""
+    if not _INTEGER.fullmatch(text):
+        raise InvalidArgument([FieldViolation(field, "not a token this service issued")])
+    return int(text)

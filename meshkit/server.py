@@ -31,6 +31,7 @@ from meshkit.bus import Bus, ConsumerSpec
 from meshkit.caller import CallerSignatureInterceptor, signing_key
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.db import Database
+from meshkit.decoding import DecodingInterceptor
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.grpc_options import SERVER_OPTIONS
 from meshkit.inbox import EffectHandler, idempotent_handler
@@ -179,6 +180,8 @@ class ServiceRuntime:
             # A forged or stale identity is refused before the handler (and the error mapping) runs.
             interceptors.append(CallerSignatureInterceptor(signing_key(settings)))
         interceptors.append(ErrorMappingInterceptor())
+        # Innermost: a request that is not its message is INVALID_ARGUMENT (through the error mapping).
+        interceptors.append(DecodingInterceptor())
         self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         service_names = list(definition.register(self.server, self))
         if definition.uses_bus and definition.uses_database:

@@ -38,7 +38,7 @@ from meshkit.errors import (
     Unavailable,
 )
 from meshkit.ids import new_id
-from meshkit.paging import decode_token, encode_token, page_size
+from meshkit.paging import decode_integer_token, decode_token, encode_token, page_size
 from meshkit.server import ServiceRuntime
 from services.energy import evaluations, events, figures, ingest, plans, store
 from services.energy.domain.catalogue import (
@@ -820,10 +820,10 @@ class EnergyServicer(energy_pb2_grpc.EnergyServiceServicer):
         start = request.start_time.seconds if request.HasField("start_time") else 0
         end = request.end_time.seconds if request.HasField("end_time") else 2**62
         fingerprint = _fingerprint(request, caller)
-        after = decode_token(request.page_token, fingerprint)
+        after = decode_integer_token(request.page_token, fingerprint)
         async with self.database.session() as session:
             rows = await fetch(
-                session, start_s=max(start, int(after) + 1) if after else start, end_s=end, limit=limit + 1
+                session, start_s=max(start, after + 1) if after is not None else start, end_s=end, limit=limit + 1
             )
         token = encode_token(str(rows[limit - 1][0]), fingerprint) if len(rows) > limit else ""
         return rows[:limit], token

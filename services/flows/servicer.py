@@ -31,7 +31,7 @@ from meshkit.errors import (
     Unavailable,
 )
 from meshkit.ids import new_id
-from meshkit.paging import decode_token, encode_token, page_size
+from meshkit.paging import decode_integer_token, encode_token, page_size
 from meshkit.server import ServiceRuntime
 from meshkit.subjects import event_subject
 from services.flows import alerts, capture, statistics, store, trace
@@ -489,9 +489,9 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         query.ClearField("page_token")
         query.ClearField("page_size")
         fingerprint = {"q": query.SerializeToString(deterministic=True).hex(), "who": caller.participant_id}
-        after = decode_token(request.page_token, fingerprint)
+        after = decode_integer_token(request.page_token, fingerprint)
         async with self.database.session() as session:
-            rows = await store.query_events(session, event_filter, after_seq=int(after or 0), limit=limit + 1)
+            rows = await store.query_events(session, event_filter, after_seq=after or 0, limit=limit + 1)
             declared = await store.declarations(session, [r.event_id for r in rows[:limit] if r.declared])
         token = encode_token(str(rows[limit - 1].seq), fingerprint) if len(rows) > limit else ""
         return pb.QueryEventsResponse(events=[stored_message(r, declared) for r in rows[:limit]], next_page_token=token)
@@ -504,7 +504,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         query = pb.QueryEventsRequest(biz_steps=request.biz_steps, division_prefix=request.division_prefix)
         event_filter = await self._event_filter(query, caller)
         token = request.resume_token.strip()
-        if token and not token.isdigit():
+        if token and not (token.isascii() and token.isdigit() and len(token) <= 18):
             raise InvalidArgument([FieldViolation("resume_token", "a value from an earlier response")])
         async with self.database.session() as session:
             position = int(token) if token else await store.latest_seq(session)

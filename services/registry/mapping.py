@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from greenmesh.registry.v1 import registry_pb2 as pb
-from meshkit.errors import FieldViolation
+from meshkit.errors import FieldViolation, InvalidArgument
 from meshkit.ids import new_id
 from meshkit.tables import utcnow
 from services.registry.domain import rules
@@ -60,8 +60,15 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def from_timestamp(stamp: Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if present else None
+def from_timestamp(stamp: Timestamp, present: bool, field: str = "timestamp") -> datetime | None:
+    """The moment of a client's Timestamp; one outside 0001-01-01..9999-12-31 (or nanos outside [0, 10^9)) is
+    INVALID_ARGUMENT naming `field`."""
+    if not present:
+        return None
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument([FieldViolation(field, f"not a valid timestamp: {error}")]) from None
 
 
 def qualifications_to_json(items: list[pb.Qualification]) -> str:

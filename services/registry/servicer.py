@@ -335,8 +335,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         kind = enum_name(pb.CooperationKind, incoming.kind, "COOPERATION_KIND_")
         if not kind:
             violations.append(FieldViolation("cooperation.kind", "CO_BUILT or ENTRUSTED"))
-        valid_from = from_timestamp(incoming.valid_from, incoming.HasField("valid_from"))
-        valid_to = from_timestamp(incoming.valid_to, incoming.HasField("valid_to"))
+        valid_from = from_timestamp(incoming.valid_from, incoming.HasField("valid_from"), "cooperation.valid_from")
+        valid_to = from_timestamp(incoming.valid_to, incoming.HasField("valid_to"), "cooperation.valid_to")
         if valid_from and valid_to and valid_to <= valid_from:
             violations.append(FieldViolation("cooperation.valid_to", "must be after valid_from"))
         if violations:
