@@ -14,8 +14,11 @@ the next transaction captures all of them (up to :data:`MAX_GROUP`) as one batch
 single-event calls this is exactly what separate calls would give (an event rejected or in conflict stores
 nothing of itself and does not affect the others; a later event of the group sees the state an earlier one
 left, as it would have after that call returned). If the group's transaction fails for an unexpected reason,
-each report is retried alone, so one bad report cannot fail the others. Batches (``ReportEvents``, upload
-chunks) keep their own transaction, so ROLLBACK stays all-or-nothing for the batch.
+each report is retried alone, so one bad report cannot fail the others. A PROCEED batch (``ReportEvents`` with
+PROCEED, upload chunks) joins the group as one report whose events stay together and in order: PROCEED already
+judges each event on its own, so sharing the transaction changes no answer, and a province whose reporters send
+small batches no longer pays a transaction per batch. A ROLLBACK batch keeps a transaction of its own, so it stays
+all-or-nothing.
 """
 
 from __future__ import annotations
@@ -41,15 +44,19 @@ log = logging.getLogger(__name__)
 
 CAPTURE_LOCK_KEY: Final = 0x67726D636170  # "grmcap": one battery-state writer at a time across replicas
 MAX_GROUP: Final = capture.MAX_BATCH
-"""The most single-event reports one transaction captures together."""
+"""The most events one group transaction captures (a larger PROCEED batch still goes alone, in one)."""
 
 
 @dataclass
 class _Report:
-    message: pb.FlowEvent
+    """One call's events (one for ReportEvent, a PROCEED batch's for the others), captured together and in order."""
+
+    messages: Sequence[pb.FlowEvent]
     reporter_id: str
     directory: Directory
-    future: asyncio.Future[capture.Judged] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[list[capture.Judged]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass
@@ -61,7 +68,7 @@ class CaptureQueue:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _waiting: list[_Report] = field(default_factory=list)
     _worker: asyncio.Task[None] | None = None
-    groups: int = 0  # transactions that captured unary reports (observable in tests)
+    groups: int = 0  # group transactions (unary reports and PROCEED batches); observable in tests
 
     @property
     def database(self) -> Database:
@@ -79,21 +86,38 @@ class CaptureQueue:
     async def report_batch(
         self, directory: Directory, messages: Sequence[pb.FlowEvent], reporter_id: str, *, rollback_on_error: bool
     ) -> capture.BatchResult:
-        """One batch from one reporter in its own transaction."""
-        return await self._capture(directory, messages, [reporter_id] * len(messages), rollback_on_error)
+        """One batch from one reporter: a ROLLBACK batch in its own transaction, a PROCEED batch in the next group."""
+        if rollback_on_error:
+            return await self._capture(directory, messages, [reporter_id] * len(messages), rollback_on_error=True)
+        judged = await self._enqueue(_Report(messages, reporter_id, directory))
+        return capture.BatchResult(judged, rolled_back=False, critical_rejections=[])
 
     async def report_one(self, directory: Directory, message: pb.FlowEvent, reporter_id: str) -> capture.Judged:
-        """One event, committed with whatever other single reports are waiting; returns its judgement."""
-        report = _Report(message, reporter_id, directory)
+        """One event, committed with whatever other reports are waiting; returns its judgement."""
+        (judged,) = await self._enqueue(_Report([message], reporter_id, directory))
+        return judged
+
+    async def _enqueue(self, report: _Report) -> list[capture.Judged]:
         self._waiting.append(report)
         if self._worker is None or self._worker.done():
             # A task of its own, so a caller that goes away (a cancelled RPC) never cancels others' writes.
             self._worker = asyncio.create_task(self._drain(), name="flows-capture-group")
         return await asyncio.shield(report.future)
 
+    def _next_group(self) -> list[_Report]:
+        """The waiting reports, in arrival order, up to `max_group` events (always at least one report)."""
+        taken, events = 0, 0
+        for report in self._waiting:
+            if taken and events + len(report.messages) > self.max_group:
+                break
+            taken += 1
+            events += len(report.messages)
+        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return group
+
     async def _drain(self) -> None:
         while self._waiting:
-            group, self._waiting = self._waiting[: self.max_group], self._waiting[self.max_group :]
+            group = self._next_group()
             try:
                 await self._capture_group(group)
             except Exception as exc:  # one transaction for the group failed: try each report alone
@@ -111,14 +135,17 @@ class CaptureQueue:
         # The directory is the same view for every report of a process; take the latest caller's.
         result = await self._capture(
             group[-1].directory,
-            [r.message for r in group],
-            [r.reporter_id for r in group],
+            [message for report in group for message in report.messages],
+            [report.reporter_id for report in group for _ in report.messages],
             rollback_on_error=False,
         )
         self.groups += 1
-        for report, judged in zip(group, result.judged, strict=True):
+        start = 0
+        for report in group:
+            end = start + len(report.messages)
             if not report.future.done():
-                report.future.set_result(judged)
+                report.future.set_result(result.judged[start:end])
+            start = end
 
     async def _capture(
         self,

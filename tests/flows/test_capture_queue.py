@@ -114,3 +114,47 @@ async def test_a_group_whose_transaction_fails_is_retried_report_by_report(
     assert all(isinstance(a, fpb.EventResult) and a.outcome == fpb.EVENT_OUTCOME_ACCEPTED for a in answers[:-1])
     failed = answers[-1]
     assert isinstance(failed, grpc.aio.AioRpcError) and failed.code() is grpc.StatusCode.INTERNAL
+
+
+async def test_proceed_batches_join_the_group_and_rollback_batches_stay_alone(flows: Flows, network: Network) -> None:
+    """Concurrent PROCEED batches share group transactions (each batch's events together and in order, each
+    answer the batch's own), as unary reports do; a ROLLBACK batch with a bad event stores nothing and takes no one
+    else with it."""
+    queue = queue_of(flows)
+    producer = network.producer.caller
+
+    def proceed(size: int) -> tuple[fpb.ReportEventsRequest, list[fpb.BatteryRef]]:
+        batteries = [network.serial() for _ in range(size)]
+        events = [commissioning(network, b) for b in batteries]
+        # The batch's second event is the same battery's sale: it must see the commissioning just before it.
+        events.insert(1, event(fpb.BIZ_STEP_RETAIL_SELLING, network.producer, [batteries[0]], T0 + dt.timedelta(1)))
+        return fpb.ReportEventsRequest(events=events, error_behaviour=fpb.ERROR_BEHAVIOUR_PROCEED), batteries
+
+    batches = [proceed(5) for _ in range(8)]
+    bad = commissioning(network, network.serial(), hours=24 * 400)  # in the future: INVALID_ARGUMENT
+    rollback_batteries = [network.serial() for _ in range(3)]
+    rollback = fpb.ReportEventsRequest(
+        events=[*(commissioning(network, b) for b in rollback_batteries), bad],
+        error_behaviour=fpb.ERROR_BEHAVIOUR_ROLLBACK,
+    )
+    groups_before = queue.groups
+    answers = await asyncio.gather(
+        *(flows.call("ReportEvents", request, producer) for request, _ in batches),
+        flows.call("ReportEvents", rollback, producer),
+    )
+    for (request, _), answer in zip(batches, answers[:8], strict=True):
+        assert [r.event_id for r in answer.results] == [e.event_id for e in request.events]
+        assert [r.outcome for r in answer.results] == [fpb.EVENT_OUTCOME_ACCEPTED] * 6
+        assert not answer.rolled_back
+    rolled_back = answers[8]
+    assert rolled_back.rolled_back
+    assert [r.outcome for r in rolled_back.results][-1] == fpb.EVENT_OUTCOME_REJECTED
+    groups = queue.groups - groups_before
+    assert 1 <= groups < 8, f"{groups} group transactions for 8 concurrent PROCEED batches: nothing was shared"
+    for _request, batteries in batches:
+        assert await battery_state(flows, batteries[0]) == "IN_USE"
+        assert await battery_state(flows, batteries[1]) == "REGISTERED"
+    for battery in rollback_batteries:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await battery_state(flows, battery)
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
