@@ -75,12 +75,15 @@ class Options:
     ledger: Path | None = None
     settle_timeout: float = 120.0
     connect_timeout: float = 10.0
+    sample_every: float = 60.0
 
 
 def problems_of(options: Options) -> list[str]:
     found = []
     if not options.rate > 0:
         found.append("--rate must be > 0")
+    if not options.sample_every > 0:
+        found.append("--sample-every must be > 0")
     if options.events is None and not options.duration > 0:
         found.append("--duration must be > 0")
     if options.events is not None and options.events < 1:
@@ -281,7 +284,13 @@ class Run:
         what = f"{options.events:,} events" if options.events is not None else f"{options.duration:g} s"
         self.say(f"load: {options.rate:g}/s for {what}")
         self.stats.started = time.monotonic()
-        await self.with_display(load)
+        sampler = asyncio.create_task(self.sample_during_load(pids), name="loadgen-process-samples")
+        try:
+            await self.with_display(load)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         self.processes["load_end"] = sample_processes(pids)
         stats = self.stats
         if self.interrupted:
@@ -305,6 +314,15 @@ class Run:
         checked = verdict(ledger)
         ledger.close()
         return self.report(targets, network, store, stream, readings, checked, ledger.path)
+
+    async def sample_during_load(self, pids: dict[str, int]) -> None:
+        """The mesh processes every `sample_every` seconds of the load, so that a leak shows as a trend."""
+        samples: list[dict[str, Any]] = []
+        self.processes["during_load"] = samples
+        while True:
+            await asyncio.sleep(self.options.sample_every)
+            taken = await asyncio.to_thread(sample_processes, pids)
+            samples.append({"at_seconds": round(self.stats.elapsed, 1), "processes": taken})
 
     async def with_display(self, load: Load) -> None:
         """The load with its live display; Ctrl-C ends the load early, and the check still runs."""
@@ -588,6 +606,18 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 ),
             )
         console.print(table)
+        during = processes.get("during_load") or []
+        if during:
+            trend = Table(
+                title=f"RSS MiB during the load, every {report['options']['sample_every']:g} s", title_justify="left"
+            )
+            trend.add_column("process")
+            trend.add_column("start → samples → end")
+            for name, before in start.items():
+                values = [before["rss_mib"], *(s["processes"].get(name, {}).get("rss_mib", "?") for s in during)]
+                values.append(end.get(name, {}).get("rss_mib", "?"))
+                trend.add_row(name, " ".join(str(v) for v in values))
+            console.print(trend)
     if check["ok"]:
         console.print(
             "[green]self-check passed: every acknowledged event found once in the store and the stream[/green]"

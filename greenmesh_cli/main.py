@@ -311,6 +311,9 @@ def loadgen(
     settle_timeout: Annotated[
         float, typer.Option(help="seconds the outbox relay may take to publish every acknowledged event")
     ] = 120.0,
+    sample_every: Annotated[
+        float, typer.Option(help="seconds between samples of the mesh processes' memory and descriptors")
+    ] = 60.0,
 ) -> None:
     """Simulate a province against the running mesh, through the gateway's gRPC port with API keys.
 
@@ -319,7 +322,8 @@ def loadgen(
     transfers, sorting, recycling), deliberate retries and meter readings at --rate for --duration seconds (or
     --events events), with a live display. Afterwards every acknowledged event must be found exactly once in the
     store (QueryEvents) and in the stream GREENMESH_<province>_FLOWS; the report (and --json) says what was sent,
-    acknowledged, rejected and found, the latencies, and the mesh processes' memory and open descriptors. Exit
+    acknowledged, rejected and found, the latencies, and the mesh processes' memory and open descriptors at the
+    start, every --sample-every seconds, and the end of the load. Exit
     status 0 when nothing was lost or duplicated, 1 otherwise, 2 when the mesh could not be used."""
     from greenmesh_cli.loadgen import Options, run_loadgen_command
 
@@ -343,5 +347,6 @@ def loadgen(
         setup_concurrency=setup_concurrency,
         ledger=ledger,
         settle_timeout=settle_timeout,
+        sample_every=sample_every,
     )
     raise typer.Exit(run_loadgen_command(options, console))

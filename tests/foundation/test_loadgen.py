@@ -32,7 +32,7 @@ def test_loadgen_sends_a_province_and_finds_every_acknowledged_event_once(tmp_pa
         report_file = tmp_path / "loadgen.json"
         result = run_cli(
             "loadgen", "--facilities", "30", "--rate", "60", "--events", "500", "--retry-share", "0.05",
-            "--readings-share", "0.1", "--settle-timeout", "30", "--json", str(report_file),
+            "--readings-share", "0.1", "--settle-timeout", "30", "--sample-every", "1", "--json", str(report_file),
             env=env, timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
@@ -67,6 +67,10 @@ def test_loadgen_sends_a_province_and_finds_every_acknowledged_event_once(tmp_pa
     # The mesh's processes were found and sampled at the start and end of the load.
     assert set(report["processes"]["load_start"]) == set(report["processes"]["load_end"]) == COMPONENTS
     assert all(sample["rss_mib"] > 0 for sample in report["processes"]["load_end"].values())
+    # ... and every --sample-every seconds in between, so that a leak shows as a trend.
+    during = report["processes"]["during_load"]
+    assert len(during) >= 2 and all(set(s["processes"]) == COMPONENTS for s in during), during
+    assert [s["at_seconds"] for s in during] == sorted(s["at_seconds"] for s in during)
 
 
 def test_the_self_check_counts_lost_duplicated_and_phantom_events() -> None:
