@@ -176,13 +176,16 @@ class SentWindow:
 
 @dataclass
 class ConsumerSpec:
-    """A durable pull consumer of one component's stream."""
+    """A durable pull consumer of one component's stream, or of another stream of the province (``stream``,
+    declared by ``declare`` before each subscription, as a component's stream is by ``Bus.ensure_stream``)."""
 
     durable: str
     source: Component
     filter_subjects: list[str]
     handler: MessageHandler
     batch: int = 64
+    stream: str | None = None
+    declare: Callable[[JetStreamContext], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -483,13 +486,16 @@ class Bus:
     async def _consume_forever(self, spec: ConsumerSpec) -> None:
         # Supervised: any failure (server restart, deleted consumer, lost stream) re-creates the
         # subscription, because a pull subscription does not resume by itself (nats.py#504).
-        stream = stream_name(self.settings.province, spec.source)
+        stream = spec.stream or stream_name(self.settings.province, spec.source)
         while not self._stopping:
             try:
                 if not self.connected:
                     await asyncio.sleep(0.2)
                     continue
-                await self.ensure_stream(spec.source)
+                if spec.declare is not None:
+                    await spec.declare(self.js)
+                else:
+                    await self.ensure_stream(spec.source)
                 await self.js.add_consumer(stream, config=self.consumer_config(spec))
                 subscription = await self.js.pull_subscribe_bind(durable=spec.durable, stream=stream)
                 try:

@@ -104,6 +104,13 @@ class MeshSettings(BaseSettings):
     flows_monitor_interval_seconds: float = Field(
         60.0, gt=0, description="flows: how often overdue storage, diversion, overstock and mass balance are checked"
     )
+    national_link: bool = Field(
+        False,
+        description=(
+            "flows: this province's NATS is a leaf of the national hub; import other provinces' facilities and "
+            "the transfers shipped to this province (stream GREENMESH_<province>_INBOUND)"
+        ),
+    )
     log_level: str = Field("INFO")
     log_format: str = Field("json", description="json or text")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 
 from nats.aio.msg import Msg
 from sqlalchemy.exc import IntegrityError
@@ -37,18 +38,21 @@ def idempotent_handler(
     effects: Mapping[str, EffectHandler],
     *,
     on_applied: Callable[[], None] | None = None,
+    transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]] | None = None,
 ) -> MessageHandler:
     """Build a bus handler that applies each event at most once per consumer.
 
     `effects` maps the event type (the payload's proto full name) to its effect; events of other types
-    are recorded and acknowledged so they never block the consumer.
+    are recorded and acknowledged so they never block the consumer. `transaction` opens the transaction the
+    inbox row and the effect share (default: `database.transaction`; e.g. one that also holds a writer's lock).
     """
+    begin = transaction or database.transaction
 
     async def handle(message: Msg) -> None:
         message_id = message_id_of(message)
         event_type = (message.headers or {}).get(EVENT_TYPE_HEADER, "")
         try:
-            async with database.transaction() as session:
+            async with begin() as session:
                 seen = await session.exec(
                     select(col(InboxMessage.message_id)).where(
                         col(InboxMessage.consumer) == consumer, col(InboxMessage.message_id) == message_id

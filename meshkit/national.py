@@ -59,16 +59,76 @@ def national_stream_config(
         )
         for province in sorted(set(provinces))
     ]
+    return sourcing_stream_config(
+        national_stream_name(component), sources, max_age_days=max_age_days, replicas=replicas, duplicate_window=600
+    )
+
+
+def sourcing_stream_config(
+    name: str, sources: list[api.StreamSource], *, max_age_days: float, replicas: int, duplicate_window: float
+) -> api.StreamConfig:
+    """A file-stored stream with no subjects of its own that only sources `sources` (kept `max_age_days`)."""
     return api.StreamConfig(
-        name=national_stream_name(component),
+        name=name,
         subjects=[],
         sources=sources,
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.LIMITS,
         max_age=max_age_days * 86400,
         num_replicas=replicas,
-        duplicate_window=600,
+        duplicate_window=duplicate_window,
     )
+
+
+def inbound_stream_name(province: str) -> str:
+    """A province's stream of what the nation sends it (cross-province transfers): ``GREENMESH_<p>_INBOUND``."""
+    return f"GREENMESH_{province}_INBOUND"
+
+
+def transfer_subject(origin: str, destination: str) -> str:
+    """Where the origin province's flows publishes a shipment to a facility of ``destination``."""
+    return f"greenmesh.{origin}.flows.v1.transfer_shipped.{destination}"
+
+
+# What a province's inbound stream takes from the hub's registry stream: every province's facility and
+# participant changes (the directory of who may receive waste, and the operators' roles the rules check).
+INBOUND_REGISTRY_SUBJECTS = ("greenmesh.*.registry.v1.facility_changed", "greenmesh.*.registry.v1.participant_changed")
+
+
+def inbound_stream_config(
+    province: str, *, max_age_days: float = 400.0, replicas: int = 1, duplicate_window: float = 600.0
+) -> api.StreamConfig:
+    """The province's stream of what the nation sends it, with no subjects of its own: it sources, through the
+    hub's domain, the facility and participant changes of every province from ``GREENMESH_NATIONAL_REGISTRY``
+    and the transfers shipped to this province from ``GREENMESH_NATIONAL_FLOWS``. While the link is down it just
+    waits; the sourcing resumes where it stopped once the hub is back (duplicates dropped by ``Nats-Msg-Id``)."""
+    hub = api.ExternalStream(api=f"$JS.{NATIONAL_DOMAIN}.API")
+    sources = [
+        api.StreamSource(name=national_stream_name(Component.REGISTRY), filter_subject=subject, external=hub)
+        for subject in INBOUND_REGISTRY_SUBJECTS
+    ]
+    sources.append(
+        api.StreamSource(
+            name=national_stream_name(Component.FLOWS), filter_subject=transfer_subject("*", province), external=hub
+        )
+    )
+    return sourcing_stream_config(
+        inbound_stream_name(province),
+        sources,
+        max_age_days=max_age_days,
+        replicas=replicas,
+        duplicate_window=duplicate_window,
+    )
+
+
+async def ensure_inbound_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    """Create the province's inbound stream, or update it to ``config``. Idempotent."""
+    import nats.js.errors
+
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
 
 
 async def ensure_national_streams(

@@ -27,6 +27,7 @@ from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, PROTOBUF_CONTENT
 from meshkit.config import Component, MeshSettings
 from meshkit.errors import FieldViolation
 from meshkit.ids import new_id
+from meshkit.national import transfer_subject
 from meshkit.outbox import append_event
 from meshkit.subjects import event_subject
 from meshkit.tables import OutboxEvent, utcnow
@@ -57,6 +58,7 @@ from services.flows.domain import (
 from services.flows.domain.deadlines import is_late
 from services.flows.domain.directory import TREATMENT_FACILITIES
 from services.flows.domain.identity import parse_urn
+from services.flows.domain.transfers import sparing_imported, transfer_destination
 from services.flows.mapping import event_from_proto, event_to_proto, hit_to_proto, hits_to_json
 from services.flows.tables import EventBatteryRow, ShipmentRow
 
@@ -273,7 +275,13 @@ class Capture:
             assert event is not None
             links += [{"battery_key": key, "event_seq": j.seq} for key in store.battery_keys_of(event)]
             if event.biz_step is BizStep.SHIPPING:
-                shipments.append(self.shipment_row(j))
+                destination = transfer_destination(event, self.directory, self.settings.province)
+                if destination:
+                    # A cross-province transfer: sent to the destination province in this transaction, which
+                    # imports the shipment and watches it for diversion (it sees the receipt, this province does not).
+                    self.append_transfer(j, destination)
+                else:
+                    shipments.append(self.shipment_row(j))
             for shipment_id in j.answered_shipments:
                 shipment_seq = self.shipment_seq.get(shipment_id)
                 if shipment_seq is not None:
@@ -331,7 +339,25 @@ class Capture:
             "declared": False,
             "hits_json": hits_to_json(j.hits),
             "payload": message.SerializeToString(deterministic=True),
+            "origin_province": "",
         }
+
+    def append_transfer(self, j: Judged, destination: str) -> None:
+        """The shipment's ``TransferShipped`` outbox event, on greenmesh.<here>.flows.v1.transfer_shipped.<there>."""
+        assert j.message is not None  # event_row built it
+        metadata = event_metadata(self.settings, pb.TransferShipped, self.now)
+        transfer = pb.TransferShipped(
+            metadata=metadata,
+            origin_province=self.settings.province,
+            destination_province=destination,
+            event=j.message,
+            outcome=j.outcome,
+            rule_hits=[hit_to_proto(h) for h in j.hits],
+            origin_facility_type=j.facility_type,
+        )
+        append_event(
+            self.session, transfer_subject(self.settings.province, destination), transfer, event_id=metadata.event_id
+        )
 
     def shipment_row(self, j: Judged) -> dict[str, Any]:
         event = j.event
@@ -536,7 +562,7 @@ async def recompute(
     result = replay(
         history.events,
         directory,
-        judge=make_judge(config, recorded_hits=history.recorded_hits),
+        judge=sparing_imported(make_judge(config, recorded_hits=history.recorded_hits), history.imported_hits),
         releases=history.releases,
     )
     values = []

@@ -82,11 +82,34 @@ def _raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteFacility:
+    """A facility of another province (cross-province transfers, ``services.flows.transfers``)."""
+
+    info: FacilityInfo
+    province: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteParticipant:
+    """A participant registered in another province."""
+
+    info: ParticipantInfo
+    province: str
+    version: int
+
+
 class DirectoryView:
     """A :class:`~services.flows.domain.directory.Directory` fed by the registry's KV directory.
 
     Lookups are O(1) and never block. An entry is replaced only by one of the same or a higher version, so a
     late or replayed write never rolls it back; a delete or purge of the key removes it.
+
+    Behind the province's own directory stands the directory of the other provinces (``apply_remote_*``, fed
+    through the national hub and kept in the flows database): a facility or participant the local directory does
+    not know is looked up there, so that a shipment to another province's facility is judged like a local one.
+    The local directory always wins; the remote entries never make a facility "operated" here, nor a regulator.
     """
 
     def __init__(
@@ -102,6 +125,9 @@ class DirectoryView:
         self._by_credit_code: dict[str, str] = {}
         # operator participant id → ids of the facilities it operates (what an enterprise may read: QueryEvents).
         self._by_operator: dict[str, set[str]] = {}
+        self._remote_facilities: dict[str, RemoteFacility] = {}
+        self._remote_participants: dict[str, RemoteParticipant] = {}
+        self._remote_by_credit_code: dict[str, str] = {}
         # Set once the first snapshot is in; stays set through outages (stale data beats no data).
         self.ready = asyncio.Event()
         # How many times a snapshot was read completely: 1 after start, +1 per re-established watch.
@@ -136,15 +162,52 @@ class DirectoryView:
 
     def facility(self, facility_id: str) -> FacilityInfo | None:
         record = self._facilities.get(facility_id)
-        return record.info if record else None
+        if record is not None:
+            return record.info
+        remote = self._remote_facilities.get(facility_id)
+        return remote.info if remote is not None else None
 
     def participant(self, participant_id: str) -> ParticipantInfo | None:
         record = self._participants.get(participant_id)
-        return record.info if record else None
+        if record is not None:
+            return record.info
+        remote = self._remote_participants.get(participant_id)
+        return remote.info if remote is not None else None
 
     def participant_by_credit_code(self, credit_code: str) -> ParticipantInfo | None:
         participant_id = self._by_credit_code.get(credit_code)
-        return self.participant(participant_id) if participant_id is not None else None
+        if participant_id is not None:
+            return self.participant(participant_id)
+        remote_id = self._remote_by_credit_code.get(credit_code)
+        return self.participant(remote_id) if remote_id is not None else None
+
+    # -- the other provinces' directory ------------------------------------------------------------
+
+    def apply_remote_facility(self, facility: FacilityInfo, province: str, version: int) -> bool:
+        """Hold another province's facility; False when an entry of a higher version is held already."""
+        held = self._remote_facilities.get(facility.facility_id)
+        if held is not None and version < held.version:
+            return False
+        self._remote_facilities[facility.facility_id] = RemoteFacility(facility, province, version)
+        return True
+
+    def apply_remote_participant(self, participant: ParticipantInfo, province: str, version: int) -> bool:
+        """Hold a participant of another province; False when an entry of a higher version is held already."""
+        held = self._remote_participants.get(participant.participant_id)
+        if held is not None and version < held.version:
+            return False
+        if held is not None and self._remote_by_credit_code.get(held.info.credit_code) == held.info.participant_id:
+            del self._remote_by_credit_code[held.info.credit_code]
+        self._remote_participants[participant.participant_id] = RemoteParticipant(participant, province, version)
+        if participant.credit_code:
+            self._remote_by_credit_code[participant.credit_code] = participant.participant_id
+        return True
+
+    def remote_facility(self, facility_id: str) -> RemoteFacility | None:
+        return self._remote_facilities.get(facility_id)
+
+    def remote_participant(self, participant_id: str) -> RemoteParticipant | None:
+        return self._remote_participants.get(participant_id)
 
     # -- what the monitors need besides -----------------------------------------------------------
 

@@ -402,6 +402,13 @@ class BatteryHistory:
     seq_of: dict[str, int] = field(default_factory=dict)
     rows: dict[str, StoredEvent] = field(default_factory=dict)
     batteries: dict[str, BatteryRow] = field(default_factory=dict)
+    # Shipments imported from another province (event id → its origin province): judged there, never here.
+    imported: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def imported_hits(self) -> dict[str, list[RuleHit]]:
+        """The recorded hits of the imported events (none), which a replay gives them instead of judging them."""
+        return {event_id: self.recorded_hits.get(event_id, []) for event_id in self.imported}
 
 
 # error_declaration's columns, read beside each event (labelled declaration_<name>)
@@ -421,7 +428,7 @@ def _history_query(with_batteries: bool) -> Any:
         link.c.battery_key.label("link_battery_key"),
         released.label("release_count"),
         *(flow_event.c[name] for name in ("seq", "event_id", "event_hash", "outcome", "county_code")),
-        *(flow_event.c[name] for name in ("facility_type", "declared", "hits_json", "payload")),
+        *(flow_event.c[name] for name in ("facility_type", "declared", "hits_json", "payload", "origin_province")),
         *(declared.c[name].label(f"declaration_{name}") for name in DECLARATION_COLUMNS),
     ]
     joined = link.join(flow_event, flow_event.c.seq == link.c.event_seq).outerjoin(
@@ -461,6 +468,8 @@ async def battery_history(
         history.events.append(event)
         history.recorded_hits[event.event_id] = hits_from_json(row.hits_json)
         history.seq_of[event.event_id] = seq
+        if row.origin_province:
+            history.imported[event.event_id] = row.origin_province
         history.rows[event.event_id] = StoredEvent(
             seq, row.event_id, row.event_hash, row.outcome, row.county_code, row.facility_type, message
         )

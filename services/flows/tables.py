@@ -70,6 +70,9 @@ class FlowEventRow(SQLModel, table=True):
     declared: bool = False
     hits_json: str = Field(default="[]", sa_column=Column("hits_json", Text(), nullable=False))
     payload: bytes = Field(sa_column=Column("payload", LargeBinary(), nullable=False))
+    # "" for an event reported here; the origin province's code for a shipment imported from it (a cross-province
+    # transfer, services.flows.transfers; migration flows_0003): judged there, so never re-judged here.
+    origin_province: str = Field(default="", max_length=2)
 
 
 class EventBatteryRow(SQLModel, table=True):
@@ -222,3 +225,38 @@ class PlatformCodeRow(SQLModel, table=True):
     code: str = Field(primary_key=True, max_length=20)
     issued_to: str = Field(max_length=36, index=True)
     issued_at: datetime = Field(sa_column=_aware("issued_at"))
+
+
+class RemoteFacilityRow(SQLModel, table=True):
+    """A facility of another province, from its registry's FacilityChanged through the national hub (migration
+    flows_0003): what the rules need to judge a shipment to it. The local directory wins over these."""
+
+    __tablename__ = "remote_facility"
+    # Every replica follows the rows the others wrote by this column (services.flows.transfers).
+    __table_args__ = (Index("ix_remote_facility_updated_at", "updated_at"),)
+
+    facility_id: str = Field(primary_key=True, max_length=64)
+    province: str = Field(max_length=2)
+    operator_id: str = Field(default="", max_length=36)
+    facility_type: str = Field(default="", max_length=32)
+    accreditation: str = Field(default="", max_length=24)
+    county_code: str = Field(default="", max_length=6)
+    version: int = Field(default=0, sa_column=Column("version", BigInteger(), nullable=False))
+    updated_at: datetime = Field(sa_column=_aware("updated_at"))
+
+
+class RemoteParticipantRow(SQLModel, table=True):
+    """A participant registered in another province (ParticipantChanged through the national hub): the roles the
+    rules check of a remote facility's operator, and the producers behind the namespaces of imported batteries."""
+
+    __tablename__ = "remote_participant"
+    __table_args__ = (Index("ix_remote_participant_updated_at", "updated_at"),)
+
+    participant_id: str = Field(primary_key=True, max_length=36)
+    province: str = Field(max_length=2)
+    credit_code: str = Field(default="", max_length=18, index=True)
+    # Role names without their proto prefix, comma-separated ("BATTERY_PRODUCER,DEALER").
+    roles: str = Field(default="", sa_column=Column("roles", Text(), nullable=False))
+    status: str = Field(default="", max_length=24)
+    version: int = Field(default=0, sa_column=Column("version", BigInteger(), nullable=False))
+    updated_at: datetime = Field(sa_column=_aware("updated_at"))

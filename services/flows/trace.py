@@ -35,6 +35,7 @@ from services.flows.domain import (
     replay,
 )
 from services.flows.domain.custody import effective_order
+from services.flows.domain.transfers import sparing_imported
 from services.flows.mapping import custody_state_to_proto, hit_to_proto, state_to_proto
 from services.flows.store import BatteryHistory
 
@@ -64,7 +65,8 @@ def recorded_judge(recorded_hits: Mapping[str, Sequence[RuleHit]]) -> Judge:
 def trace_judge(history: BatteryHistory, config: RuleConfig) -> Judge:
     """The judge for a trace of ``history`` (see the module docstring)."""
     if needs_rejudging(history.events):
-        return make_judge(config, recorded_hits=history.recorded_hits)
+        # Shipments imported from another province were judged there: spared (services.flows.transfers).
+        return sparing_imported(make_judge(config, recorded_hits=history.recorded_hits), history.imported_hits)
     return recorded_judge(history.recorded_hits)
 
 

@@ -37,22 +37,27 @@ def configured(root: Path, name: str, config: str) -> NatsServer:
     return NatsServer(store_dir=root / name, extra_args=["-c", str(path)])
 
 
+def national_servers(root: Path, codes: tuple[str, ...]) -> Iterator[tuple[NatsServer, dict[str, NatsServer]]]:
+    """A hub (domain `national`, a leaf-node listener) and one province nats-server per code joined to it as a
+    leaf node (domain p<code>); stopped afterwards. For fixtures: `yield from national_servers(...)`."""
+    leaf_port = free_port()
+    hub = configured(root, "national", leaf_config(domain=NATIONAL_DOMAIN, leaf_listen=f"127.0.0.1:{leaf_port}"))
+    hub.start()
+    provinces: dict[str, NatsServer] = {}
+    try:
+        for code in codes:
+            config = leaf_config(domain=province_domain(code), leaf_remotes=[f"nats-leaf://127.0.0.1:{leaf_port}"])
+            provinces[code] = configured(root, f"p{code}", config)
+            provinces[code].start()
+        yield hub, provinces
+    finally:
+        for server in [*provinces.values(), hub]:
+            server.stop()
+
+
 @pytest.fixture
 def hub_and_provinces(tmp_path: Path) -> Iterator[tuple[NatsServer, dict[str, NatsServer]]]:
-    leaf_port = free_port()
-    hub = configured(tmp_path, "national", leaf_config(domain=NATIONAL_DOMAIN, leaf_listen=f"127.0.0.1:{leaf_port}"))
-    hub.start()
-    provinces = {
-        code: configured(
-            tmp_path,
-            f"p{code}",
-            leaf_config(domain=province_domain(code), leaf_remotes=[f"nats-leaf://127.0.0.1:{leaf_port}"]),
-        ).start()
-        for code in PROVINCES
-    }
-    yield hub, provinces
-    for server in [*provinces.values(), hub]:
-        server.stop()
+    yield from national_servers(tmp_path, PROVINCES)
 
 
 @pytest.fixture

@@ -2010,6 +2010,56 @@ class FlowEventRecorded(_message.Message):
 Global___FlowEventRecorded: _TypeAlias = FlowEventRecorded  # noqa: Y015
 
 @_typing.final
+class TransferShipped(_message.Message):
+    """A shipment to a facility of another province (cross-province transfer), published by the origin province's flows
+    in the same transaction as the shipping event, on greenmesh.<origin>.flows.v1.transfer_shipped.<destination>.
+    The national hub carries it to the destination province, whose flows imports the shipment: the batteries become
+    known there, in transit to its facility, so that the receipt there answers the shipment.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    ORIGIN_PROVINCE_FIELD_NUMBER: _builtins.int
+    DESTINATION_PROVINCE_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RULE_HITS_FIELD_NUMBER: _builtins.int
+    ORIGIN_FACILITY_TYPE_FIELD_NUMBER: _builtins.int
+    origin_province: _builtins.str
+    """GB/T 2260 province codes of the shipping facility and of the destination facility."""
+    destination_province: _builtins.str
+    outcome: Global___EventOutcome.ValueType
+    origin_facility_type: _builtins.str
+    """The origin facility's type, from the origin's directory at capture."""
+    @_builtins.property
+    def metadata(self) -> _event_pb2.EventMetadata: ...
+    @_builtins.property
+    def event(self) -> Global___FlowEvent:
+        """The shipping event as the origin stored it (reporter, record time, hash and the origin facility's county)."""
+
+    @_builtins.property
+    def rule_hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleHit]: ...
+    def __init__(
+        self,
+        *,
+        metadata: _event_pb2.EventMetadata | None = ...,
+        origin_province: _builtins.str = ...,
+        destination_province: _builtins.str = ...,
+        event: Global___FlowEvent | None = ...,
+        outcome: Global___EventOutcome.ValueType = ...,
+        rule_hits: _abc.Iterable[Global___RuleHit] | None = ...,
+        origin_facility_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_province", b"destination_province", "event", b"event", "metadata", b"metadata", "origin_facility_type", b"origin_facility_type", "origin_province", b"origin_province", "outcome", b"outcome", "rule_hits", b"rule_hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferShipped: _TypeAlias = TransferShipped  # noqa: Y015
+
+@_typing.final
 class EventRejected(_message.Message):
     """A report that was refused for a CRITICAL rule (e.g. refurbishment): not stored, but not lost either."""
 
