@@ -298,6 +298,14 @@ class Bus:
         except nats.js.errors.BadRequestError:
             await self.js.update_stream(config)
 
+    async def slowest_durable_consumer(self) -> tuple[str, int] | None:
+        """The durable consumer of this component's stream with the most messages not yet delivered to it, and
+        that number; None when the stream has none. Ephemeral consumers (a national hub sourcing the stream, a
+        KV watch) are left out: a link that is down must not hold the province back."""
+        infos = await self.js.consumers_info(stream_name(self.settings.province, self.component))
+        durable = [(info.name, info.num_pending or 0) for info in infos if info.config.durable_name]
+        return max(durable, key=lambda pair: pair[1], default=None)
+
     async def ensure_streams(self) -> None:
         # A service declares its own stream and every stream it consumes, so start-up order never matters.
         sources = {self.component} | {spec.source for spec in self._consumer_specs}

@@ -89,6 +89,18 @@ class MeshSettings(BaseSettings):
     db_ping_seconds: float = Field(2.0, gt=0, description="how often readiness checks the database")
     outbox_poll_seconds: float = Field(0.5, gt=0)
     outbox_batch_size: int = Field(1000, ge=1, le=10_000)  # rows per pipelined publish window
+    outbox_backlog_limit: int = Field(
+        200_000,
+        ge=0,
+        description="reports answer RESOURCE_EXHAUSTED (reason OUTBOX_BACKLOG) while more outbox rows than this "
+        "wait to be published (NATS down, or the relay held by a slow consumer); 0: no limit",
+    )
+    consumer_lag_limit: int = Field(
+        1_000_000,
+        ge=0,
+        description="the outbox relay holds publishing while a durable consumer of its stream has more than this "
+        "many messages not yet delivered; 0: never",
+    )
     stream_replicas: int = Field(1, ge=1, le=5)
     stream_max_age_days: float = Field(400.0, gt=0, description="how long JetStream keeps events")
     stream_duplicate_window_seconds: float = Field(600.0, gt=0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
@@ -137,6 +137,20 @@ class Unauthenticated(DomainError):
 
     def __init__(self, message: str = "a valid credential is required", *, reason: str = "UNAUTHENTICATED"):
         super().__init__(message, reason=reason)
+
+
+class ResourceExhausted(DomainError):
+    """The service protects itself (a backlog past its limit): nothing was done; retry after the delay given."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, reason: str, retry_after_seconds: float) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[Any]:
+        delay = duration_pb2.Duration(seconds=max(1, round(self.retry_after_seconds)))
+        return [*super().details(), error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
 class Unavailable(DomainError):

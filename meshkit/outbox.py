@@ -118,9 +118,18 @@ class OutboxRelay:
     batch_size: int = 1000
     poll_seconds: float = 0.5
     ack_timeout_seconds: float = 5.0
+    # Back-pressure from a slow consumer: while a durable consumer of the stream has more than this many messages
+    # not yet delivered, nothing more is published (rows wait here, committed); 0: never hold.
+    consumer_lag_limit: int = 0
+    lag_check_seconds: float = 1.0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     published_total: int = 0
     stopping: bool = False
+    # Rows waiting to be published, as of the last pass: what services compare with their backlog limit.
+    backlog: int = 0
+    # The consumer holding the relay back (name, messages it has not been delivered), or None.
+    held_by: tuple[str, int] | None = None
+    _lag_checked_at: float = float("-inf")
 
     def notify(self) -> None:
         """Called after a commit that wrote outbox rows, so they go out without waiting for the poll."""
@@ -270,11 +279,17 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
             self._wakeup.clear()
+            with contextlib.suppress(Exception):  # the database may be away; the pass below will say so
+                self.backlog = await self.pending_count()
             if not self.bus.connected:
                 backoff = min(backoff * 2, 5.0)  # the bus notifies us as soon as NATS is back
                 continue
             try:
+                if await self._held_by_a_slow_consumer():
+                    backoff = self.lag_check_seconds
+                    continue
                 await self.publish_pending()
+                self.backlog = await self.pending_count()
                 backoff = self.poll_seconds
             except asyncio.CancelledError:
                 raise
@@ -284,6 +299,28 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox relay pass failed; will retry")
                 backoff = min(backoff * 2, 5.0)
+
+    async def _held_by_a_slow_consumer(self) -> bool:
+        """Whether a durable consumer of the stream is further behind than `consumer_lag_limit` (asked of NATS at
+        most every `lag_check_seconds`)."""
+        if self.consumer_lag_limit <= 0:
+            return False
+        now = asyncio.get_running_loop().time()
+        if now - self._lag_checked_at < self.lag_check_seconds:
+            return self.held_by is not None
+        self._lag_checked_at = now
+        slowest = await self.bus.slowest_durable_consumer()
+        was_held = self.held_by is not None
+        self.held_by = slowest if slowest is not None and slowest[1] > self.consumer_lag_limit else None
+        if self.held_by is not None and not was_held:
+            log.warning(
+                "outbox relay: holding publication while consumer %s has %d messages not yet delivered (limit %d)",
+                *self.held_by,
+                self.consumer_lag_limit,
+            )
+        elif was_held and self.held_by is None:
+            log.info("outbox relay: the slow consumer caught up; publishing again")
+        return self.held_by is not None
 
 
 class OutboxPublishError(Exception):

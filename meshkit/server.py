@@ -32,7 +32,7 @@ from meshkit.caller import CallerSignatureInterceptor, signing_key
 from meshkit.config import SERVICES, Component, MeshSettings
 from meshkit.db import Database
 from meshkit.decoding import DecodingInterceptor
-from meshkit.errors import ErrorMappingInterceptor
+from meshkit.errors import ErrorMappingInterceptor, ResourceExhausted
 from meshkit.grpc_options import SERVER_OPTIONS
 from meshkit.inbox import EffectHandler, idempotent_handler
 from meshkit.migrate import migrate
@@ -43,6 +43,9 @@ from meshkit.subjects import event_subject
 from meshkit.telemetry import Telemetry, instrument_engine, setup_telemetry
 
 log = logging.getLogger(__name__)
+
+# How long a client refused for the outbox backlog is told to wait (RetryInfo; Retry-After through the gateway).
+OUTBOX_BACKLOG_RETRY_SECONDS = 5.0
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]], timeout: float) -> None:
@@ -165,6 +168,7 @@ class ServiceRuntime:
                 self.bus,
                 batch_size=settings.outbox_batch_size,
                 poll_seconds=settings.outbox_poll_seconds,
+                consumer_lag_limit=settings.consumer_lag_limit,
             )
 
         if definition.prepare is not None:
@@ -218,6 +222,19 @@ class ServiceRuntime:
             self._tasks.append(asyncio.create_task(coroutine))
         log.info("%s listening on %s:%d", self.component.value, settings.grpc_host, self.port)
         return self.port
+
+    def refuse_when_backlogged(self) -> None:
+        """Called first by calls that add events: while more outbox rows than `outbox_backlog_limit` wait to be
+        published (NATS away, or the relay held by a slow consumer), they answer RESOURCE_EXHAUSTED (reason
+        OUTBOX_BACKLOG, with a RetryInfo) and store nothing, so back-pressure reaches the client."""
+        limit = self.settings.outbox_backlog_limit
+        if limit and self.definition.uses_bus and self.relay.backlog > limit:
+            raise ResourceExhausted(
+                f"{self.relay.backlog:,} events wait to be published, more than this service holds back "
+                f"({limit:,}); nothing was stored: retry later",
+                reason="OUTBOX_BACKLOG",
+                retry_after_seconds=OUTBOX_BACKLOG_RETRY_SECONDS,
+            )
 
     async def _connect_bus(self) -> None:
         await self.bus.connect()

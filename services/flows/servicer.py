@@ -133,6 +133,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
 
     async def ReportEvent(self, request: pb.ReportEventRequest, context: Context) -> pb.ReportEventResponse:
         reporter = require_authenticated(caller_of(context))
+        self.runtime.refuse_when_backlogged()
         judged = await self.captures.report_one(await self._directory(), request.event, reporter)
         if judged.outcome == pb.EVENT_OUTCOME_CONFLICT:
             raise AlreadyExists(
@@ -151,6 +152,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
 
     async def ReportEvents(self, request: pb.ReportEventsRequest, context: Context) -> pb.ReportEventsResponse:
         reporter = require_authenticated(caller_of(context))
+        self.runtime.refuse_when_backlogged()
         if len(request.events) > capture.MAX_BATCH:
             raise InvalidArgument([FieldViolation("events", f"at most {capture.MAX_BATCH} events per batch")])
         if not request.events:
@@ -172,6 +174,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         pending: list[pb.FlowEvent] = []
 
         async def flush() -> None:
+            self.runtime.refuse_when_backlogged()  # a chunk already stored stays stored; the client resumes
             result = await self.captures.report_batch(
                 await self._directory(), pending, reporter, rollback_on_error=False
             )
