@@ -225,9 +225,12 @@ async def test_a_consumer_crashing_half_way_or_before_its_ack_applies_each_messa
 
 @pytest.mark.slow
 async def test_a_slow_consumer_keeps_in_flight_work_and_memory_bounded(tmp_path: Path, nats_server: NatsServer) -> None:
-    count = 600
-    note = "x" * 16_000  # 16 kB a message: 9.6 MB of backlog, which the consumer must not hold in memory
-    effect_seconds = 0.003
+    # 24 kB a message, 36 MB of backlog, which the consumer must not hold in memory: large beside what one fetch
+    # batch holds (64 messages, 1.5 MB) and beside the noise of this process's RSS (a few MB), so that holding the
+    # backlog cannot pass for noise, nor noise for holding it.
+    count = 1500
+    note = "x" * 24_000
+    effect_seconds = 0.002
 
     async def slow_effect(session: AsyncSession, message: Msg) -> None:
         await asyncio.sleep(effect_seconds)
@@ -257,7 +260,7 @@ async def test_a_slow_consumer_keeps_in_flight_work_and_memory_bounded(tmp_path:
     rss_growth = max(s[2] for s in samples) - baseline_rss
     backlog_bytes = count * len(note)
     tally = Tally(
-        fault="slow consumer (3 ms per message)",
+        fault="slow consumer (2 ms per message)",
         sent=count,
         acknowledged=count,
         stored=sum(1 for p in probe_ids if applied[p] > 0),
