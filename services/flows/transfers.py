@@ -143,6 +143,27 @@ async def follow_remote_directory(
         since = started - REMOTE_DIRECTORY_OVERLAP
 
 
+async def _keep_newer(
+    session: AsyncSession,
+    row_class: type[RemoteFacilityRow] | type[RemoteParticipantRow],
+    key: tuple[str, str],
+    values: dict[str, Any],
+) -> bool:
+    """Insert the row whose primary key is `key` (column, value), or update it unless the stored one has a newer
+    `version`; False when it was newer."""
+    column, value = key
+    row: Any = await session.get(row_class, value)
+    if row is not None and row.version > values["version"]:
+        return False
+    if row is None:
+        session.add(row_class(**{column: value, **values}))
+    else:
+        for name, value in values.items():
+            setattr(row, name, value)
+        session.add(row)
+    return True
+
+
 async def upsert_remote_facility(
     session: AsyncSession, view: DirectoryView, own_province: str, facility: rpb.Facility, province: str
 ) -> bool:
@@ -151,9 +172,6 @@ async def upsert_remote_facility(
     if not facility.facility_id or not province or province == own_province:
         return False
     info = facility_info(facility)
-    row = await session.get(RemoteFacilityRow, facility.facility_id)
-    if row is not None and row.version > facility.version:
-        return False
     values: dict[str, Any] = {
         "province": province,
         "operator_id": info.operator_id,
@@ -163,12 +181,8 @@ async def upsert_remote_facility(
         "version": facility.version,
         "updated_at": utcnow(),
     }
-    if row is None:
-        session.add(RemoteFacilityRow(facility_id=facility.facility_id, **values))
-    else:
-        for name, value in values.items():
-            setattr(row, name, value)
-        session.add(row)
+    if not await _keep_newer(session, RemoteFacilityRow, ("facility_id", facility.facility_id), values):
+        return False
     view.apply_remote_facility(info, province, facility.version)
     return True
 
@@ -180,9 +194,6 @@ async def upsert_remote_participant(
     if not participant.participant_id or not province or province == own_province:
         return False
     info = participant_info(participant)
-    row = await session.get(RemoteParticipantRow, participant.participant_id)
-    if row is not None and row.version > participant.version:
-        return False
     values: dict[str, Any] = {
         "province": province,
         "credit_code": info.credit_code,
@@ -191,12 +202,8 @@ async def upsert_remote_participant(
         "version": participant.version,
         "updated_at": utcnow(),
     }
-    if row is None:
-        session.add(RemoteParticipantRow(participant_id=participant.participant_id, **values))
-    else:
-        for name, value in values.items():
-            setattr(row, name, value)
-        session.add(row)
+    if not await _keep_newer(session, RemoteParticipantRow, ("participant_id", participant.participant_id), values):
+        return False
     view.apply_remote_participant(info, province, participant.version)
     return True
 
