@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, or_
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
@@ -94,12 +94,12 @@ def refresh_alert(row: AlertRow, *, message: str, severity: str, battery_keys: S
     return changed
 
 
-def _metadata(settings: MeshSettings, now: datetime) -> event_pb2.EventMetadata:
+def _metadata(settings: MeshSettings, now: datetime, kind: Any = pb.AlertRaised) -> event_pb2.EventMetadata:
     occurred = Timestamp()
     occurred.FromDatetime(now)
     return event_pb2.EventMetadata(
         event_id=new_id(),
-        event_type=pb.AlertRaised.DESCRIPTOR.full_name,
+        event_type=kind.DESCRIPTOR.full_name,
         province_code=settings.province,
         occurred_at=occurred,
         source_component=Component.FLOWS.value,
@@ -194,21 +194,30 @@ async def raise_alert(
     return row
 
 
-async def resolve_alerts(session: AsyncSession, open_keys: Iterable[str], now: datetime) -> int:
+def stage_status_change(session: AsyncSession, settings: MeshSettings, row: AlertRow, now: datetime) -> None:
+    """Stage the alert's ``AlertStatusChanged`` event in the caller's transaction (acknowledged or resolved), so
+    that whoever counts open alerts from the stream (the national view) sees them close."""
+    metadata = _metadata(settings, utc(now), pb.AlertStatusChanged)
+    subject = event_subject(settings.province, Component.FLOWS, pb.AlertStatusChanged)
+    change = pb.AlertStatusChanged(metadata=metadata, alert=alert_to_proto(row))
+    append_event(session, subject, change, event_id=metadata.event_id)
+
+
+async def resolve_alerts(session: AsyncSession, settings: MeshSettings, open_keys: Iterable[str], now: datetime) -> int:
     """Resolve the open alerts of these conditions (unknown or already resolved keys are ignored): status
-    RESOLVED, ``resolved_at`` = now, open key cleared. Returns how many were resolved."""
+    RESOLVED, ``resolved_at`` = now, open key cleared, an ``AlertStatusChanged`` staged for each. Returns how
+    many were resolved."""
     keys = sorted(set(open_keys))
     now = utc(now)
     resolved = 0
     for start in range(0, len(keys), _RESOLVE_CHUNK):
         chunk = keys[start : start + _RESOLVE_CHUNK]
-        result = await session.exec(
-            update(AlertRow)
-            .where(col(AlertRow.open_key).in_(chunk))
-            .values(status=RESOLVED, resolved_at=now, open_key=None)
-            .execution_options(synchronize_session="fetch")
-        )
-        resolved += int(result.rowcount or 0)
+        rows = (await session.exec(select(AlertRow).where(col(AlertRow.open_key).in_(chunk)))).all()
+        for row in rows:
+            row.status, row.resolved_at, row.open_key = RESOLVED, now, None
+            session.add(row)
+            stage_status_change(session, settings, row, now)
+        resolved += len(rows)
     return resolved
 
 
@@ -252,6 +261,7 @@ def alert_to_proto(row: AlertRow) -> pb.Alert:
         acknowledged_by=row.acknowledged_by,
         acknowledged_at=_timestamp(row.acknowledged_at),
         note=row.note,
+        resolved_at=_timestamp(row.resolved_at),
     )
 
 
@@ -331,9 +341,17 @@ async def list_alerts(
 
 
 async def acknowledge_alert(
-    session: AsyncSession, alert_id: str, *, by: str, note: str, now: datetime, region_prefix: str
+    session: AsyncSession,
+    settings: MeshSettings,
+    alert_id: str,
+    *,
+    by: str,
+    note: str,
+    now: datetime,
+    region_prefix: str,
 ) -> AlertRow:
-    """Acknowledge an open alert in the caller's transaction (see the module docstring for a repeat)."""
+    """Acknowledge an open alert in the caller's transaction (see the module docstring for a repeat), staging
+    its ``AlertStatusChanged`` when the status or the note changed."""
     violations: list[FieldViolation] = []
     if not alert_id:
         violations.append(FieldViolation("alert_id", "required"))
@@ -351,10 +369,15 @@ async def acknowledge_alert(
         raise FailedPrecondition(
             f"alert {alert_id} is already resolved", reason="ALERT_RESOLVED", metadata={"alert_id": alert_id}
         )
+    changed = False
     if row.status != ACKNOWLEDGED:
         row.status = ACKNOWLEDGED
         row.acknowledged_by = by
         row.acknowledged_at = utc(now)
-    if note:
+        changed = True
+    if note and note != row.note:
         row.note = note
+        changed = True
+    if changed:
+        stage_status_change(session, settings, row, now)
     return row

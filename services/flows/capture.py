@@ -38,6 +38,7 @@ from services.flows.domain import (
     BizStep,
     Decision,
     Directory,
+    ErrorDeclaration,
     FlowEvent,
     Replay,
     RuleConfig,
@@ -55,11 +56,18 @@ from services.flows.domain import (
     needs_replay,
     replay,
 )
+from services.flows.domain.custody import is_listed_treatment
 from services.flows.domain.deadlines import is_late
 from services.flows.domain.directory import TREATMENT_FACILITIES
 from services.flows.domain.identity import parse_urn
 from services.flows.domain.transfers import sparing_imported, transfer_destination
-from services.flows.mapping import event_from_proto, event_to_proto, hit_to_proto, hits_to_json
+from services.flows.mapping import (
+    declaration_to_proto,
+    event_from_proto,
+    event_to_proto,
+    hit_to_proto,
+    hits_to_json,
+)
 from services.flows.tables import EventBatteryRow, ShipmentRow
 
 log = logging.getLogger(__name__)
@@ -297,7 +305,11 @@ class Capture:
         # One multi-row INSERT for the batch's FlowEventRecorded events: meshkit.outbox.append_event adds one
         # ORM object per event, and flushing those costs an INSERT (a thread round trip) per row on SQLite.
         headers_json = outbox_headers(pb.FlowEventRecorded)
-        await store.insert_rows(self.session, OutboxEvent, [self.outbox_row(j, headers_json) for j in stored])
+        await store.insert_rows(
+            self.session,
+            OutboxEvent,
+            [self.outbox_row(j, row, headers_json) for j, row in zip(stored, rows, strict=True)],
+        )
         for j in stored:
             if j.outcome == pb.EVENT_OUTCOME_QUARANTINED:
                 await self.raise_rule_alert(j)
@@ -382,15 +394,24 @@ class Capture:
         seq = self.shipment_seq.get(shipment.event_id) if shipment is not None else None
         return store.battery_values(state, self.facts.get(key) or store.BatteryFacts(), seq)
 
-    def outbox_row(self, j: Judged, headers_json: str) -> dict[str, Any]:
-        """The event's FlowEventRecorded outbox row, as meshkit.outbox.append_event would write it."""
+    def outbox_row(self, j: Judged, event_row: dict[str, Any], headers_json: str) -> dict[str, Any]:
+        """The event's FlowEventRecorded outbox row, as meshkit.outbox.append_event would write it, with what the
+        statistics keep of the event (``event_row``, its flow_event row) for the national view."""
         assert j.event is not None
         metadata = event_metadata(self.settings, pb.FlowEventRecorded, self.now)
         message = j.message or event_to_proto(
             j.event, event_hash=j.event_hash, outcome=j.outcome, county_code=j.county_code
         )
         recorded = pb.FlowEventRecorded(
-            metadata=metadata, event=message, outcome=j.outcome, rule_hits=[hit_to_proto(h) for h in j.hits]
+            metadata=metadata,
+            event=message,
+            outcome=j.outcome,
+            rule_hits=[hit_to_proto(h) for h in j.hits],
+            facility_type=j.facility_type,
+            late=event_row["late"],
+            battery_count=j.units,
+            mass_kg=j.mass_kg,
+            at_listed_recycler=is_listed_treatment(self.directory.facility(j.event.facility_id), self.directory),
         )
         return {
             "event_id": metadata.event_id,
@@ -464,6 +485,17 @@ def event_metadata(settings: MeshSettings, message_type: Any, now: dt.datetime) 
     )
     metadata.occurred_at.FromDatetime(now)
     return metadata
+
+
+def stage_error_declared(
+    session: AsyncSession, settings: MeshSettings, event_id: str, declaration: ErrorDeclaration
+) -> None:
+    """The declaration's ``ErrorDeclared`` event, in the declaring transaction (the national view stops counting the
+    event when it arrives)."""
+    metadata = event_metadata(settings, pb.ErrorDeclared, declaration.declaration_time)
+    declared = pb.ErrorDeclared(metadata=metadata, event_id=event_id, declaration=declaration_to_proto(declaration))
+    subject = event_subject(settings.province, Component.FLOWS, pb.ErrorDeclared)
+    append_event(session, subject, declared, event_id=metadata.event_id)
 
 
 async def capture_batch(

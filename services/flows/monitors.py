@@ -314,7 +314,7 @@ async def run_monitors_once(
         for key, row in open_alerts.items()
         if key not in current and not (row.kind in _NEEDS_LIMITS and not _known(facilities, row.facility_id))
     ]
-    resolved = await resolve_alerts(session, stale, now) if stale else 0
+    resolved = await resolve_alerts(session, settings, stale, now) if stale else 0
     raised = 0
     for finding in findings:
         existing = open_alerts.get(finding.open_key)

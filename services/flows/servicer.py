@@ -237,6 +237,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             )
             row.declared = True  # the ORM object: later reads in this transaction see it (autoflush)
             session.add(row)
+            capture.stage_error_declared(session, self.runtime.settings, row.event_id, declaration)
             await store.apply_ledger(session, undo_ledger(row))
             keys = set(store.battery_keys_of(store.stored_event(row.payload)))
             for corrective in correctives.values():
@@ -539,6 +540,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         async with self.database.transaction() as session:
             row = await alerts.acknowledge_alert(
                 session,
+                self.runtime.settings,
                 request.alert_id,
                 by=caller.participant_id or "",
                 note=request.note,

@@ -137,17 +137,24 @@ class DispatchFigures:
 # ---- the division --------------------------------------------------------------------------------------
 
 
+NATION: Final = "00"
+"""The division of the whole country (no province has the code 00): what the national view is asked for."""
+
+
 def division_prefix(division_code: str) -> str:
-    """The county-code prefix a division covers: 32 for 32 or 320000, 3201 for 3201 or 320100."""
+    """The county-code prefix a division covers: 32 for 32 or 320000, 3201 for 3201 or 320100, "" (every
+    county) for the nation, 00 or 000000."""
     prefix = division_code
     while len(prefix) > 2 and prefix.endswith("00"):
         prefix = prefix[:-2]
-    return prefix
+    return "" if prefix == NATION else prefix
 
 
 def _in_division(column: Any, prefix: str) -> ColumnElement[bool]:
     """`column` starts with `prefix`, written as an index range (LIKE 'xx%' cannot use a plain index on
     SQLite, nor on PostgreSQL under a non-C collation). County codes are digits, so '32' ≤ code < '33'."""
+    if not prefix:
+        return col(column) != ""  # the nation: every county (an event without one has no division)
     if len(prefix) == 6:
         return col(column) == prefix
     upper = str(int(prefix) + 1).zfill(len(prefix))
@@ -318,6 +325,8 @@ def figures_to_proto(figures: DispatchFigures) -> pb.GetDispatchStatisticsRespon
             for a in figures.open_alerts
         ],
         late_reports=figures.late_reports,
+        rate_denominator=figures.rate_denominator,
+        rate_reached_recycler=figures.rate_reached_recycler,
     )
 
 
@@ -331,7 +340,7 @@ def statistics_violations(request: pb.GetDispatchStatisticsRequest) -> list[Fiel
             FieldViolation(
                 "division_code",
                 f"{code!r} is not a GB/T 2260 division code: 2 digits for a province (32), 4 for a prefecture "
-                "(3201) or 6 for a county (320102)",
+                "(3201) or 6 for a county (320102), or 00 for the whole country",
             )
         )
     ends: list[dt.datetime] = []
@@ -366,6 +375,7 @@ __all__: Sequence[str] = (
     "ACTIVE_ALERT_STATUSES",
     "ALERT_KINDS",
     "MAX_PERIOD",
+    "NATION",
     "RECYCLER_FACILITIES",
     "AlertFigure",
     "DispatchFigures",

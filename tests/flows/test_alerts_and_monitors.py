@@ -53,6 +53,7 @@ NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 PRODUCER = "91320102MA1W2X3Y4K"
 CONFIG = MonitorConfig()
 ALERT_SUBJECT = "greenmesh.32.flows.v1.alert_raised"
+STATUS_SUBJECT = "greenmesh.32.flows.v1.alert_status_changed"
 
 
 # ---- fixtures and helpers -------------------------------------------------------------------------
@@ -245,15 +246,23 @@ async def test_an_open_key_keeps_one_alert_and_refreshes_it(database: Database, 
     assert len(await outbox(database)) == 1
     # Resolved, the key is free again: the same condition later is a new alert.
     async with database.transaction() as session:
-        assert await resolve_alerts(session, ["OVERSTOCK:F1", "OVERSTOCK:unknown"], NOW + timedelta(days=1)) == 1
-        assert await resolve_alerts(session, ["OVERSTOCK:F1"], NOW + timedelta(days=1)) == 0
+        assert (
+            await resolve_alerts(session, settings, ["OVERSTOCK:F1", "OVERSTOCK:unknown"], NOW + timedelta(days=1)) == 1
+        )
+        assert await resolve_alerts(session, settings, ["OVERSTOCK:F1"], NOW + timedelta(days=1)) == 0
     [row] = await alerts_in(database)
     assert (row.status, row.open_key, aware(row.resolved_at)) == ("RESOLVED", None, NOW + timedelta(days=1))
+    # The resolution is published once (the second call resolved nothing), with the alert as it is now.
+    [_raised, changed] = await outbox(database)
+    assert changed.event_type == "greenmesh.flows.v1.AlertStatusChanged" and changed.subject == STATUS_SUBJECT
+    resolution = pb.AlertStatusChanged.FromString(changed.payload).alert
+    assert (resolution.alert_id, resolution.status) == (row.alert_id, pb.ALERT_STATUS_RESOLVED)
+    assert resolution.resolved_at.ToDatetime(tzinfo=UTC) == NOW + timedelta(days=1)
     async with database.transaction() as session:
         assert await raise_alert(
             session, settings, kind="OVERSTOCK", severity="MEDIUM", message="back", now=NOW, open_key="OVERSTOCK:F1"
         )
-    assert len(await alerts_in(database)) == 2 and len(await outbox(database)) == 2
+    assert len(await alerts_in(database)) == 2 and len(await outbox(database)) == 3
 
 
 async def test_raise_alert_rolls_back_with_the_callers_transaction(database: Database, settings: MeshSettings) -> None:
@@ -282,7 +291,7 @@ async def test_resolve_alerts_handles_more_keys_than_one_statement_takes(
     # More than the 32,767 parameters PostgreSQL (and SQLite 3.32+) take in one statement.
     keys = [f"OVERSTOCK:none{i}" for i in range(40_000)] + ["OVERSTOCK:F0", "OVERSTOCK:F2"]
     async with database.transaction() as session:
-        assert await resolve_alerts(session, keys, NOW) == 2
+        assert await resolve_alerts(session, settings, keys, NOW) == 2
     assert [a.status for a in await alerts_in(database)].count("RESOLVED") == 2
 
 
@@ -408,7 +417,12 @@ async def test_overdue_storage(database: Database, settings: MeshSettings) -> No
     await insert(database, [battery(10, "F-STORE", "COLLECTED", 50)])
     assert await run(database, settings, sites) == MonitorReport(raised=1, resolved=0)
     assert [a.status for a in await alerts_in(database)] == ["RESOLVED", "OPEN"]
-    assert len(await outbox(database)) == 2
+    # raised, resolved (AlertStatusChanged), raised again
+    assert [r.event_type.rsplit(".", 1)[1] for r in await outbox(database)] == [
+        "AlertRaised",
+        "AlertStatusChanged",
+        "AlertRaised",
+    ]
 
 
 async def test_an_overdue_alert_lists_at_most_100_batteries_but_counts_all(
@@ -555,7 +569,7 @@ async def test_monitors_leave_rule_hits_and_keep_acknowledged_alerts_acknowledge
     assert await run(database, settings, Sites()) == MonitorReport(raised=1, resolved=0)
     [balance] = await alerts_in(database, "MASS_BALANCE")
     async with database.transaction() as session:
-        await acknowledge_alert(session, balance.alert_id, by="reg-1", note="", now=NOW, region_prefix="")
+        await acknowledge_alert(session, settings, balance.alert_id, by="reg-1", note="", now=NOW, region_prefix="")
     assert await run(database, settings, Sites()) == MonitorReport(raised=0, resolved=0)
     [balance] = await alerts_in(database, "MASS_BALANCE")
     assert (balance.status, balance.open_key) == ("ACKNOWLEDGED", "MASS_BALANCE:F2")
@@ -611,7 +625,7 @@ async def listed(database: Database, settings: MeshSettings) -> Listed:
             no_county_balance=await add_alert(session, settings, at=t[4], kind="MASS_BALANCE", facility_id="F4"),
             tied_rule_hit=await add_alert(session, settings, at=t[3], facility_id="F1", county_code="320104"),
         )
-        await resolve_alerts(session, ["RULE_HIT:r"], t[4])
+        await resolve_alerts(session, settings, ["RULE_HIT:r"], t[4])
     return a
 
 
@@ -703,11 +717,11 @@ async def test_list_alerts_pages(database: Database, listed: Listed) -> None:
             )
 
 
-async def test_acknowledge_alert(database: Database, listed: Listed) -> None:
+async def test_acknowledge_alert(database: Database, settings: MeshSettings, listed: Listed) -> None:
     alert_id = listed.wuxi_diversion.alert_id
     async with database.transaction() as session:
         row = await acknowledge_alert(
-            session, alert_id, by="reg-js", note="calling the carrier", now=NOW, region_prefix="32"
+            session, settings, alert_id, by="reg-js", note="calling the carrier", now=NOW, region_prefix="32"
         )
         assert (row.status, row.acknowledged_by, aware(row.acknowledged_at), row.note) == (
             "ACKNOWLEDGED",
@@ -719,10 +733,12 @@ async def test_acknowledge_alert(database: Database, listed: Listed) -> None:
     later = NOW + timedelta(hours=2)
     async with database.transaction() as session:
         row = await acknowledge_alert(
-            session, alert_id, by="platform", note="carrier confirmed", now=later, region_prefix=""
+            session, settings, alert_id, by="platform", note="carrier confirmed", now=later, region_prefix=""
         )
     async with database.transaction() as session:
-        row = await acknowledge_alert(session, alert_id, by="reg-wx", note="", now=later, region_prefix="3202")
+        row = await acknowledge_alert(
+            session, settings, alert_id, by="reg-wx", note="", now=later, region_prefix="3202"
+        )
     [stored] = [a for a in await alerts_in(database) if a.alert_id == alert_id]
     assert (stored.status, stored.acknowledged_by, aware(stored.acknowledged_at), stored.note) == (
         "ACKNOWLEDGED",
@@ -731,6 +747,16 @@ async def test_acknowledge_alert(database: Database, listed: Listed) -> None:
         "carrier confirmed",
     )
     assert stored.open_key == listed.wuxi_diversion.open_key
+    # Published when something changed (the acknowledgement, then the note), not for the repeat that changed nothing.
+    changes = [
+        pb.AlertStatusChanged.FromString(row.payload).alert
+        for row in await outbox(database)
+        if row.subject == STATUS_SUBJECT
+    ]
+    assert [(a.status, a.note) for a in changes if a.alert_id == alert_id] == [
+        (pb.ALERT_STATUS_ACKNOWLEDGED, "calling the carrier"),
+        (pb.ALERT_STATUS_ACKNOWLEDGED, "carrier confirmed"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -747,7 +773,7 @@ async def test_acknowledge_alert(database: Database, listed: Listed) -> None:
     ],
 )
 async def test_acknowledge_alert_refusals(
-    database: Database, listed: Listed, case: str, region: str, error: type[Exception]
+    database: Database, settings: MeshSettings, listed: Listed, case: str, region: str, error: type[Exception]
 ) -> None:
     alert_id, note = {
         "unknown": ("01890000-0000-7000-8000-000000000000", ""),
@@ -759,7 +785,7 @@ async def test_acknowledge_alert_refusals(
     }[case]
     async with database.transaction() as session:
         with pytest.raises(error) as caught:
-            await acknowledge_alert(session, alert_id, by="reg", note=note, now=NOW, region_prefix=region)
+            await acknowledge_alert(session, settings, alert_id, by="reg", note=note, now=NOW, region_prefix=region)
     if isinstance(caught.value, FailedPrecondition):
         assert caught.value.reason == "ALERT_RESOLVED"
     if isinstance(caught.value, InvalidArgument):
@@ -768,7 +794,7 @@ async def test_acknowledge_alert_refusals(
     # Exactly 500 characters is fine.
     async with database.transaction() as session:
         await acknowledge_alert(
-            session, listed.wuxi_diversion.alert_id, by="reg", note="y" * 500, now=NOW, region_prefix=""
+            session, settings, listed.wuxi_diversion.alert_id, by="reg", note="y" * 500, now=NOW, region_prefix=""
         )
 
 

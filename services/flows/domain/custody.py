@@ -261,7 +261,8 @@ def target_phase(state: BatteryState, event: FlowEvent, directory: Directory, *,
     return phase  # SORTING, DISCHARGING
 
 
-def _is_listed_treatment(facility: FacilityInfo | None, directory: Directory) -> bool:
+def is_listed_treatment(facility: FacilityInfo | None, directory: Directory) -> bool:
+    """A listed (accredited) dismantling base or recycling plant of a recycling enterprise: the compliant channel."""
     if facility is None or not facility.listed or facility.facility_type not in TREATMENT_FACILITIES:
         return False
     operator = directory.participant(facility.operator_id)
@@ -320,7 +321,7 @@ def _custody_changes(
         changes.update(sorted=True)
     elif step is BizStep.DISCHARGING:
         changes.update(discharged=True)
-    if phase is S.AT_RECYCLER and _is_listed_treatment(directory.facility(event.facility_id), directory):
+    if phase is S.AT_RECYCLER and is_listed_treatment(directory.facility(event.facility_id), directory):
         changes.update(reached_recycler=True)
     return changes
 

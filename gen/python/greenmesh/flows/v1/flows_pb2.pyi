@@ -1549,6 +1549,7 @@ class Alert(_message.Message):
     ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     kind: Global___AlertKind.ValueType
     severity: Global___Severity.ValueType
@@ -1565,6 +1566,10 @@ class Alert(_message.Message):
     def raised_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def acknowledged_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """Set when the status is RESOLVED."""
+
     def __init__(
         self,
         *,
@@ -1581,10 +1586,11 @@ class Alert(_message.Message):
         acknowledged_by: _builtins.str = ...,
         acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
         note: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "raised_at", b"raised_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "raised_at", b"raised_at", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "batteries", b"batteries", "county_code", b"county_code", "facility_id", b"facility_id", "kind", b"kind", "message", b"message", "note", b"note", "raised_at", b"raised_at", "rule_id", b"rule_id", "severity", b"severity", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "batteries", b"batteries", "county_code", b"county_code", "facility_id", b"facility_id", "kind", b"kind", "message", b"message", "note", b"note", "raised_at", b"raised_at", "resolved_at", b"resolved_at", "rule_id", b"rule_id", "severity", b"severity", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1846,7 +1852,9 @@ class GetDispatchStatisticsRequest(_message.Message):
     PERIOD_START_FIELD_NUMBER: _builtins.int
     PERIOD_END_FIELD_NUMBER: _builtins.int
     division_code: _builtins.str
-    """A province (2 digits) or county (6 digits) code."""
+    """A GB/T 2260 code: a province (2 digits, or 6 ending in 0000), a prefecture (4, or 6 ending in 00) or a county
+    (6); 00 is the whole country (what the national view, services/national, is asked for).
+    """
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1930,6 +1938,8 @@ class GetDispatchStatisticsResponse(_message.Message):
     COMPLIANT_CHANNEL_RATE_FIELD_NUMBER: _builtins.int
     OPEN_ALERTS_FIELD_NUMBER: _builtins.int
     LATE_REPORTS_FIELD_NUMBER: _builtins.int
+    RATE_DENOMINATOR_FIELD_NUMBER: _builtins.int
+    RATE_REACHED_RECYCLER_FIELD_NUMBER: _builtins.int
     division_code: _builtins.str
     collected_batteries: _builtins.int
     collected_kilograms: _builtins.float
@@ -1941,6 +1951,12 @@ class GetDispatchStatisticsResponse(_message.Message):
     """Share of the batteries collected in the period that reached a listed recycling enterprise."""
     late_reports: _builtins.int
     """Events recorded later than the reporting deadline after they happened."""
+    rate_denominator: _builtins.int
+    """The compliant-channel rate's denominator (identified batteries first collected in the period and division)
+    and numerator (those of them that reached a listed recycling enterprise): rates of divisions are added up
+    from these, never averaged.
+    """
+    rate_reached_recycler: _builtins.int
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1965,10 +1981,12 @@ class GetDispatchStatisticsResponse(_message.Message):
         compliant_channel_rate: _builtins.float = ...,
         open_alerts: _abc.Iterable[Global___AlertCount] | None = ...,
         late_reports: _builtins.int = ...,
+        rate_denominator: _builtins.int = ...,
+        rate_reached_recycler: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collected_batteries", b"collected_batteries", "collected_by_mode", b"collected_by_mode", "collected_kilograms", b"collected_kilograms", "compliant_channel_rate", b"compliant_channel_rate", "delivered_to_recyclers_batteries", b"delivered_to_recyclers_batteries", "delivered_to_recyclers_kilograms", b"delivered_to_recyclers_kilograms", "division_code", b"division_code", "late_reports", b"late_reports", "open_alerts", b"open_alerts", "period_end", b"period_end", "period_start", b"period_start", "recycled_batteries", b"recycled_batteries", "recycled_kilograms", b"recycled_kilograms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collected_batteries", b"collected_batteries", "collected_by_mode", b"collected_by_mode", "collected_kilograms", b"collected_kilograms", "compliant_channel_rate", b"compliant_channel_rate", "delivered_to_recyclers_batteries", b"delivered_to_recyclers_batteries", "delivered_to_recyclers_kilograms", b"delivered_to_recyclers_kilograms", "division_code", b"division_code", "late_reports", b"late_reports", "open_alerts", b"open_alerts", "period_end", b"period_end", "period_start", b"period_start", "rate_denominator", b"rate_denominator", "rate_reached_recycler", b"rate_reached_recycler", "recycled_batteries", b"recycled_batteries", "recycled_kilograms", b"recycled_kilograms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1986,7 +2004,23 @@ class FlowEventRecorded(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     RULE_HITS_FIELD_NUMBER: _builtins.int
+    FACILITY_TYPE_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
+    BATTERY_COUNT_FIELD_NUMBER: _builtins.int
+    MASS_KG_FIELD_NUMBER: _builtins.int
+    AT_LISTED_RECYCLER_FIELD_NUMBER: _builtins.int
     outcome: Global___EventOutcome.ValueType
+    facility_type: _builtins.str
+    """What the province's dispatch statistics keep of the event, as its directory and battery models had them at
+    capture, so that the national view (services/national) counts it the same way without either:
+    the facility's type (a FacilityType name without its prefix, e.g. RECYCLING_PLANT), whether the report was late,
+    the pieces and kilograms it moved, and whether its facility is a listed recycling enterprise (a battery that
+    has an effective event there has reached the compliant channel).
+    """
+    late: _builtins.bool
+    battery_count: _builtins.int
+    mass_kg: _builtins.float
+    at_listed_recycler: _builtins.bool
     @_builtins.property
     def metadata(self) -> _event_pb2.EventMetadata: ...
     @_builtins.property
@@ -2000,14 +2034,76 @@ class FlowEventRecorded(_message.Message):
         event: Global___FlowEvent | None = ...,
         outcome: Global___EventOutcome.ValueType = ...,
         rule_hits: _abc.Iterable[Global___RuleHit] | None = ...,
+        facility_type: _builtins.str = ...,
+        late: _builtins.bool = ...,
+        battery_count: _builtins.int = ...,
+        mass_kg: _builtins.float = ...,
+        at_listed_recycler: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "metadata", b"metadata", "outcome", b"outcome", "rule_hits", b"rule_hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_listed_recycler", b"at_listed_recycler", "battery_count", b"battery_count", "event", b"event", "facility_type", b"facility_type", "late", b"late", "mass_kg", b"mass_kg", "metadata", b"metadata", "outcome", b"outcome", "rule_hits", b"rule_hits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FlowEventRecorded: _TypeAlias = FlowEventRecorded  # noqa: Y015
+
+@_typing.final
+class ErrorDeclared(_message.Message):
+    """A stored event declared in error (EPCIS error declaration), published in the declaration's transaction: the event
+    no longer counts anywhere (the national view marks its copy declared too).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    DECLARATION_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _event_pb2.EventMetadata: ...
+    @_builtins.property
+    def declaration(self) -> Global___ErrorDeclaration: ...
+    def __init__(
+        self,
+        *,
+        metadata: _event_pb2.EventMetadata | None = ...,
+        event_id: _builtins.str = ...,
+        declaration: Global___ErrorDeclaration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["declaration", b"declaration", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declaration", b"declaration", "event_id", b"event_id", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorDeclared: _TypeAlias = ErrorDeclared  # noqa: Y015
+
+@_typing.final
+class AlertStatusChanged(_message.Message):
+    """An alert acknowledged by an operator or resolved by the monitors (its condition cleared), with its new status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metadata(self) -> _event_pb2.EventMetadata: ...
+    @_builtins.property
+    def alert(self) -> Global___Alert: ...
+    def __init__(
+        self,
+        *,
+        metadata: _event_pb2.EventMetadata | None = ...,
+        alert: Global___Alert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertStatusChanged: _TypeAlias = AlertStatusChanged  # noqa: Y015
 
 @_typing.final
 class TransferShipped(_message.Message):
