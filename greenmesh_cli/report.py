@@ -39,7 +39,8 @@ CALL_TIMEOUT_SECONDS: Final = 60.0
 DISPATCH_HELP: Final = (
     "The ministry's periodic dispatch statistics (定期调度) of a division for a period, from the flows service.\n\n"
     "--division is a GB/T 2260 code: 2 digits for a province (32), 4 for a prefecture (3201), 6 for a county "
-    "(320102). --from is the first day of the period and --to the day after its last (both YYYY-MM-DD, local "
+    "(320102), or 00 for the whole country (ask the national view: --flows national:50054). --from is the first "
+    "day of the period and --to the day after its last (both YYYY-MM-DD, local "
     "dates in China, +08:00): October 2026 is --from 2026-10-01 --to 2026-11-01. A period is at most 400 days.\n\n"
     "Prints the figures and writes them as JSON and/or CSV (--format json, csv or both, the default) to "
     "--output (for both: its .json and .csv siblings); without --output, to "
@@ -194,6 +195,8 @@ class DispatchReport:
 
     @property
     def division_name(self) -> str:
+        if not self.division.strip("0"):
+            return "全国"  # 00: the whole country (the national view)
         return PROVINCES.get(self.division[:2], "") if len(self.division.rstrip("0")) <= 2 else ""
 
 
@@ -231,6 +234,9 @@ def report_json(report: DispatchReport) -> dict[str, Any]:
         "recycled": {"batteries": r.recycled_batteries, "kilograms": r.recycled_kilograms},
         # A share (0.5 = 50 %); 0 when nothing identified was collected in the period.
         "compliant_channel_rate": r.compliant_channel_rate,
+        # The rate's parts: identified batteries first collected in the period and division, and those of them that
+        # reached a listed recycler (add these up across divisions, never the rates).
+        "compliant_channel": {"collected": r.rate_denominator, "reached_recycler": r.rate_reached_recycler},
         "open_alerts": {alert_kind_name(a.kind): a.open for a in r.open_alerts},
         "late_reports": r.late_reports,
         "source": report.source,
@@ -265,6 +271,8 @@ def figures(report: DispatchReport) -> Iterator[Figure]:
     yield Figure(
         "compliant_channel_rate", "PERCENT", "规范渠道回收率(%)", value=f"{r.compliant_channel_rate * 100:.2f}"
     )
+    yield Figure("compliant_channel_rate", "COLLECTED", "可追溯回收电池数", r.rate_denominator)
+    yield Figure("compliant_channel_rate", "REACHED_RECYCLER", "其中进入规范企业数", r.rate_reached_recycler)
     for a in r.open_alerts:
         kind = alert_kind_name(a.kind)
         yield Figure("open_alerts", kind, "未关闭" + ALERT_LABELS.get(kind, kind), value=str(a.open))

@@ -194,6 +194,8 @@ class Bus:
     component: Component
     tracer: trace.Tracer
     listeners: list[StateListener] = field(default_factory=list)
+    # Declare the component's own stream at connection (not the national view's: it publishes nothing).
+    declares_own_stream: bool = True
     client: NatsClient | None = None
     _js: JetStreamContext | None = None
     _consumer_tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -308,7 +310,9 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         # A service declares its own stream and every stream it consumes, so start-up order never matters.
-        sources = {self.component} | {spec.source for spec in self._consumer_specs}
+        own = {self.component} if self.declares_own_stream else set()
+        # A consumer of another stream (``ConsumerSpec.stream``) declares that stream itself (``declare``).
+        sources = own | {spec.source for spec in self._consumer_specs if spec.stream is None}
         for source in sorted(sources):
             if source is not Component.GATEWAY:
                 await self.ensure_stream(source)

@@ -23,9 +23,13 @@ class Component(StrEnum):
     FLOWS = "flows"
     ENERGY = "energy"
     GATEWAY = "gateway"
+    # The national view (services/national): the dispatch statistics of every province, from the national hub.
+    NATIONAL = "national"
 
 
 SERVICES: tuple[Component, ...] = (Component.REGISTRY, Component.FLOWS, Component.ENERGY)
+# What a province runs (deploy/k8s/base); the national view runs once, at the national level (deploy/k8s/national).
+PROVINCE_COMPONENTS: tuple[Component, ...] = (*SERVICES, Component.GATEWAY)
 
 # Default gRPC ports on one machine; `greenmesh up` moves a component elsewhere if its port is taken.
 DEFAULT_GRPC_PORTS: dict[Component, int] = {
@@ -33,6 +37,7 @@ DEFAULT_GRPC_PORTS: dict[Component, int] = {
     Component.REGISTRY: 50051,
     Component.FLOWS: 50052,
     Component.ENERGY: 50053,
+    Component.NATIONAL: 50054,
 }
 DEFAULT_HTTP_PORT = 8080
 # A shared secret that signs caller identities (meshkit/caller.py) is at least this long.

@@ -252,6 +252,10 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], method: str
         yield
     except DomainError as error:
         await abort_with(context, error)
+    except NotImplementedError:
+        # A generated servicer base's method that this component does not serve (the national view serves a
+        # part of FlowService): UNIMPLEMENTED, as for a method no server has, not an internal error.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served here")
     except Exception as error:
         if _is_abort(error):
             raise

@@ -92,6 +92,10 @@ class ServiceDefinition:
     # Accept a caller identity only when signed with the mesh's key (meshkit/caller.py). The gateway, which
     # authenticates API keys itself and signs what it forwards, is the one that does not.
     verifies_caller: bool = True
+    # Publishes on its province's stream through the outbox (declared at start, probed by `greenmesh status
+    # --probe`). The national view does not: it only reads the hub's streams, and a province stream declared on
+    # the hub would capture what the provinces publish over their leaf connections.
+    publishes: bool = True
 
 
 def probe_subscriptions(component: Component) -> list[Subscription]:
@@ -162,7 +166,12 @@ class ServiceRuntime:
             if settings.migrate_on_start:
                 await migrate(self.database, definition.migrations)
         if definition.uses_bus:
-            self.bus = Bus(settings=settings, component=self.component, tracer=self.telemetry.tracer("meshkit.bus"))
+            self.bus = Bus(
+                settings=settings,
+                component=self.component,
+                tracer=self.telemetry.tracer("meshkit.bus"),
+                declares_own_stream=definition.publishes,
+            )
             self.relay = OutboxRelay(
                 self.database,
                 self.bus,
@@ -188,7 +197,7 @@ class ServiceRuntime:
         interceptors.append(DecodingInterceptor())
         self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         service_names = list(definition.register(self.server, self))
-        if definition.uses_bus and definition.uses_database:
+        if definition.uses_bus and definition.uses_database and definition.publishes:
             probe_pb2_grpc.add_MeshProbeServiceServicer_to_server(MeshProbeServicer(self), self.server)
             service_names.append(probe_pb2.DESCRIPTOR.services_by_name["MeshProbeService"].full_name)
         self.health = HealthServicer()
@@ -205,7 +214,8 @@ class ServiceRuntime:
             self.bus.listeners.append(self.readiness.set_nats)
             # Back from an outage: publish what the outbox gathered now rather than after the back-off.
             self.bus.listeners.append(lambda up: self.relay.notify() if up else None)
-            subscriptions = [*definition.subscriptions(self), *probe_subscriptions(self.component)]
+            probes = probe_subscriptions(self.component) if definition.publishes else []
+            subscriptions = [*definition.subscriptions(self), *probes]
             for spec in build_consumers(self, subscriptions):
                 self.bus.add_consumer(spec)
 
@@ -239,7 +249,8 @@ class ServiceRuntime:
     async def _connect_bus(self) -> None:
         await self.bus.connect()
         self.bus.start_consumers()
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        if self.definition.publishes:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
 
     async def stop(self) -> None:
         if self._stopped:

@@ -20,6 +20,10 @@ def definition_of(component: Component) -> ServiceDefinition:
         from services.energy.service import DEFINITION as ENERGY
 
         return ENERGY
+    if component is Component.NATIONAL:
+        from services.national.service import DEFINITION as NATIONAL
+
+        return NATIONAL
     from gateway.service import DEFINITION as GATEWAY
 
     return GATEWAY

@@ -352,6 +352,7 @@ class Capture:
             "hits_json": hits_to_json(j.hits),
             "payload": message.SerializeToString(deterministic=True),
             "origin_province": "",
+            "at_listed_recycler": is_listed_treatment(self.directory.facility(event.facility_id), self.directory),
         }
 
     def append_transfer(self, j: Judged, destination: str) -> None:
@@ -411,7 +412,7 @@ class Capture:
             late=event_row["late"],
             battery_count=j.units,
             mass_kg=j.mass_kg,
-            at_listed_recycler=is_listed_treatment(self.directory.facility(j.event.facility_id), self.directory),
+            at_listed_recycler=event_row["at_listed_recycler"],
         )
         return {
             "event_id": metadata.event_id,

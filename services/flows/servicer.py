@@ -552,18 +552,25 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
     async def GetDispatchStatistics(
         self, request: pb.GetDispatchStatisticsRequest, context: Context
     ) -> pb.GetDispatchStatisticsResponse:
-        caller = caller_of(context)
-        require_oversight(caller, "reading dispatch statistics")
-        problems = statistics.statistics_violations(request)
-        if problems:
-            raise InvalidArgument(problems)
-        if not caller.supervises(request.division_code.ljust(6, "0")):
-            raise PermissionDenied("the division is outside the caller's region")
-        start = request.period_start.ToDatetime(tzinfo=dt.UTC)
-        end = request.period_end.ToDatetime(tzinfo=dt.UTC)
-        async with self.database.session() as session:
-            figures = await statistics.dispatch_statistics(session, request.division_code, start, end)
-        return statistics.figures_to_proto(figures)
+        return await answer_dispatch_statistics(self.database, caller_of(context), request)
+
+
+async def answer_dispatch_statistics(
+    database: Any, caller: Caller, request: pb.GetDispatchStatisticsRequest
+) -> pb.GetDispatchStatisticsResponse:
+    """GetDispatchStatistics for an oversight caller whose region holds the division (a province's flows service
+    and the national view answer it alike)."""
+    require_oversight(caller, "reading dispatch statistics")
+    problems = statistics.statistics_violations(request)
+    if problems:
+        raise InvalidArgument(problems)
+    if not caller.supervises(request.division_code.ljust(6, "0")):
+        raise PermissionDenied("the division is outside the caller's region")
+    start = request.period_start.ToDatetime(tzinfo=dt.UTC)
+    end = request.period_end.ToDatetime(tzinfo=dt.UTC)
+    async with database.session() as session:
+        figures = await statistics.dispatch_statistics(session, request.division_code, start, end)
+    return statistics.figures_to_proto(figures)
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -73,6 +73,9 @@ class FlowEventRow(SQLModel, table=True):
     # "" for an event reported here; the origin province's code for a shipment imported from it (a cross-province
     # transfer, services.flows.transfers; migration flows_0003): judged there, so never re-judged here.
     origin_province: str = Field(default="", max_length=2)
+    # The facility is a listed recycling enterprise's dismantling base or recycling plant (the directory at capture;
+    # migration flows_0004): a battery with an effective event here has reached the compliant channel.
+    at_listed_recycler: bool = False
 
 
 class EventBatteryRow(SQLModel, table=True):

@@ -285,6 +285,7 @@ async def import_transfer(
                 "hits_json": "[]",  # judged in the origin province: no hit here (see sparing_imported)
                 "payload": message.SerializeToString(deterministic=True),
                 "origin_province": transfer.origin_province,
+                "at_listed_recycler": False,  # shipped from the origin's facility, which is not here
             }
         ],
     )

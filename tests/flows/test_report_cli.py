@@ -88,6 +88,8 @@ async def test_report_from_the_real_flows_service(
     assert report["delivered_to_recyclers"] == {"batteries": 10, "kilograms": 101.5}
     assert report["recycled"] == {"batteries": 3, "kilograms": 41.5}
     assert report["compliant_channel_rate"] == 0.5
+    parts = report["compliant_channel"]
+    assert parts["collected"] > 0 and parts["reached_recycler"] / parts["collected"] == 0.5
     assert report["open_alerts"] == {
         "OVERDUE_STORAGE": 2, "POSSIBLE_DIVERSION": 1, "OVERSTOCK": 0, "MASS_BALANCE": 0, "RULE_HIT": 0,
     }  # fmt: skip
@@ -102,7 +104,7 @@ async def test_report_from_the_real_flows_service(
         ("32", "2026-10-01", "2026-10-31")
     }
     by_item = {(r["section"], r["item"]): r for r in table}
-    assert len(by_item) == len(table) == 6 + 1 + 1 + 1 + 1 + 5 + 1
+    assert len(by_item) == len(table) == 6 + 1 + 1 + 1 + 1 + 2 + 5 + 1  # modes, totals, rate and its parts, alerts
     assert (by_item["collected", "TRADE_IN"]["batteries"], by_item["collected", "TRADE_IN"]["kilograms"]) == (
         "5",
         "50.750",
@@ -113,6 +115,8 @@ async def test_report_from_the_real_flows_service(
     assert by_item["recycled", "TOTAL"]["kilograms"] == "41.500"
     assert by_item["compliant_channel_rate", "PERCENT"]["value"] == "50.00"
     assert by_item["compliant_channel_rate", "PERCENT"]["batteries"] == ""
+    assert by_item["compliant_channel_rate", "COLLECTED"]["batteries"] == str(parts["collected"])
+    assert by_item["compliant_channel_rate", "REACHED_RECYCLER"]["batteries"] == str(parts["reached_recycler"])
     assert by_item["open_alerts", "OVERDUE_STORAGE"]["value"] == "2"
     assert by_item["late_reports", "EVENTS"]["value"] == "3"
 

@@ -1,0 +1,98 @@
+"""The national view's one consumer: ``national--flows`` on the hub's ``GREENMESH_NATIONAL_FLOWS`` (which
+``greenmesh national sync`` declares, sourcing every province's flows stream), taking the events the dispatch
+statistics are made of, each applied once in its inbox transaction (services.national.projection)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats.js.errors
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from greenmesh.flows.v1 import flows_pb2 as pb
+from meshkit.bus import ConsumerSpec
+from meshkit.config import Component
+from meshkit.inbox import idempotent_handler
+from meshkit.national import national_stream_name
+from meshkit.server import ServiceRuntime
+from meshkit.subjects import event_subject
+from services.national import projection
+
+log = logging.getLogger(__name__)
+
+NATIONAL_CONSUMER = "national--flows"
+EVENT_TYPES: tuple[Any, ...] = (pb.FlowEventRecorded, pb.ErrorDeclared, pb.AlertRaised, pb.AlertStatusChanged)
+
+
+def subjects() -> list[str]:
+    """The subjects of those events from every province (``greenmesh.*.flows.v1.<event>``)."""
+    return [event_subject("*", Component.FLOWS, kind) for kind in EVENT_TYPES]
+
+
+def province_of(subject: str) -> str:
+    parts = subject.split(".")
+    return parts[1] if len(parts) > 2 else ""
+
+
+class NationalStreamMissing(RuntimeError):
+    pass
+
+
+async def require_national_stream(js: JetStreamContext) -> None:
+    """The stream is the hub's (its sources name the provinces): wait for it rather than declare it."""
+    name = national_stream_name(Component.FLOWS)
+    try:
+        await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        raise NationalStreamMissing(f"{name} is not declared on this NATS yet: run `greenmesh national sync`") from None
+
+
+def national_consumer(runtime: ServiceRuntime) -> ConsumerSpec:
+    async def on_recorded(session: AsyncSession, message: Msg) -> None:
+        recorded = _parse(pb.FlowEventRecorded, message)
+        if recorded is not None:
+            province = recorded.metadata.province_code or province_of(message.subject)
+            await projection.record_event(session, recorded, province)
+
+    async def on_declared(session: AsyncSession, message: Msg) -> None:
+        declared = _parse(pb.ErrorDeclared, message)
+        if declared is not None:
+            await projection.declare_error(session, declared)
+
+    async def on_raised(session: AsyncSession, message: Msg) -> None:
+        raised = _parse(pb.AlertRaised, message)
+        if raised is not None:
+            await projection.record_alert(session, raised.alert, raised=True)
+
+    async def on_status(session: AsyncSession, message: Msg) -> None:
+        changed = _parse(pb.AlertStatusChanged, message)
+        if changed is not None:
+            await projection.record_alert(session, changed.alert, raised=False)
+
+    effects = {
+        pb.FlowEventRecorded.DESCRIPTOR.full_name: on_recorded,
+        pb.ErrorDeclared.DESCRIPTOR.full_name: on_declared,
+        pb.AlertRaised.DESCRIPTOR.full_name: on_raised,
+        pb.AlertStatusChanged.DESCRIPTOR.full_name: on_status,
+    }
+    return ConsumerSpec(
+        durable=NATIONAL_CONSUMER,
+        source=Component.FLOWS,
+        filter_subjects=subjects(),
+        handler=idempotent_handler(runtime.database, NATIONAL_CONSUMER, effects),
+        batch=256,
+        stream=national_stream_name(Component.FLOWS),
+        declare=require_national_stream,
+    )
+
+
+def _parse(kind: Any, message: Msg) -> Any:
+    try:
+        return kind.FromString(message.data)
+    except DecodeError:
+        log.warning("%s on %s does not decode; ignored", kind.DESCRIPTOR.name, message.subject)
+        return None
