@@ -36,7 +36,11 @@ def up(
 
 
 @app.command()
-def serve(component: Annotated[Component, typer.Argument(help="registry, flows, energy or gateway")]) -> None:
+def serve(
+    component: Annotated[
+        Component, typer.Argument(help="registry, flows, energy, gateway, or national (the national view)")
+    ],
+) -> None:
     """Run one component in the foreground (what a container runs)."""
     from meshkit.logs import configure_logging
     from meshkit.server import ServiceRuntime
