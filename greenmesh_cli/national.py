@@ -94,9 +94,10 @@ class NationalTrace:
 
 
 def _imported(province: str, step: pb.TraceStep) -> bool:
-    """A shipment this province imported from another (its facility is in the other province)."""
+    """An event this province imported from another (its facility is in the other province): a shipment sent
+    here, or the receipt elsewhere of a shipment sent from here. Only shipments join two traces."""
     county = step.event.county_code
-    return step.event.biz_step == pb.BIZ_STEP_SHIPPING and len(county) >= 2 and county[:2] != province
+    return len(county) >= 2 and county[:2] != province
 
 
 def _time(step: pb.TraceStep) -> tuple[int, int]:
@@ -115,7 +116,7 @@ def stitch_traces(traces: Mapping[str, pb.GetBatteryTraceResponse]) -> NationalT
     copies: dict[str, list[tuple[str, int]]] = {}
     for province, items in steps.items():
         for position, step in enumerate(items):
-            if _imported(province, step):
+            if _imported(province, step) and step.event.biz_step == pb.BIZ_STEP_SHIPPING:
                 copies.setdefault(step.event.event_id, []).append((province, position))
     missing = sorted(
         {

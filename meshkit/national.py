@@ -90,6 +90,11 @@ def transfer_subject(origin: str, destination: str) -> str:
     return f"greenmesh.{origin}.flows.v1.transfer_shipped.{destination}"
 
 
+def receipt_subject(destination: str, origin: str) -> str:
+    """Where the destination province's flows publishes the receipt of a shipment from ``origin``."""
+    return f"greenmesh.{destination}.flows.v1.transfer_received.{origin}"
+
+
 # What a province's inbound stream takes from the hub's registry stream: every province's facility and
 # participant changes (the directory of who may receive waste, and the operators' roles the rules check).
 INBOUND_REGISTRY_SUBJECTS = ("greenmesh.*.registry.v1.facility_changed", "greenmesh.*.registry.v1.participant_changed")
@@ -99,19 +104,19 @@ def inbound_stream_config(
     province: str, *, max_age_days: float = 400.0, replicas: int = 1, duplicate_window: float = 600.0
 ) -> api.StreamConfig:
     """The province's stream of what the nation sends it, with no subjects of its own: it sources, through the
-    hub's domain, the facility and participant changes of every province from ``GREENMESH_NATIONAL_REGISTRY``
-    and the transfers shipped to this province from ``GREENMESH_NATIONAL_FLOWS``. While the link is down it just
-    waits; the sourcing resumes where it stopped once the hub is back (duplicates dropped by ``Nats-Msg-Id``)."""
+    hub's domain, the facility and participant changes of every province from ``GREENMESH_NATIONAL_REGISTRY``,
+    and from ``GREENMESH_NATIONAL_FLOWS`` the transfers shipped to this province and the receipts, elsewhere, of
+    what this province shipped. While the link is down it just waits; the sourcing resumes where it stopped once
+    the hub is back (duplicates dropped by ``Nats-Msg-Id``)."""
     hub = api.ExternalStream(api=f"$JS.{NATIONAL_DOMAIN}.API")
     sources = [
         api.StreamSource(name=national_stream_name(Component.REGISTRY), filter_subject=subject, external=hub)
         for subject in INBOUND_REGISTRY_SUBJECTS
     ]
-    sources.append(
-        api.StreamSource(
-            name=national_stream_name(Component.FLOWS), filter_subject=transfer_subject("*", province), external=hub
-        )
-    )
+    sources += [
+        api.StreamSource(name=national_stream_name(Component.FLOWS), filter_subject=subject, external=hub)
+        for subject in (transfer_subject("*", province), receipt_subject("*", province))
+    ]
     return sourcing_stream_config(
         inbound_stream_name(province),
         sources,

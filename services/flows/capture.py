@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, PROTOBUF_CONTENT
 from meshkit.config import Component, MeshSettings
 from meshkit.errors import FieldViolation
 from meshkit.ids import new_id
-from meshkit.national import transfer_subject
+from meshkit.national import receipt_subject, transfer_subject
 from meshkit.outbox import append_event
 from meshkit.subjects import event_subject
 from meshkit.tables import OutboxEvent, utcnow
@@ -60,7 +60,7 @@ from services.flows.domain.custody import is_listed_treatment
 from services.flows.domain.deadlines import is_late
 from services.flows.domain.directory import TREATMENT_FACILITIES
 from services.flows.domain.identity import parse_urn
-from services.flows.domain.transfers import sparing_imported, transfer_destination
+from services.flows.domain.transfers import province_of, sparing_imported, transfer_destination
 from services.flows.mapping import (
     declaration_to_proto,
     event_from_proto,
@@ -94,6 +94,8 @@ class Judged:
     mass_kg: float = 0.0
     units: int = 0
     answered_shipments: list[str] = field(default_factory=list)  # event ids of the shipments a receipt closes
+    # Of those, the ones shipped from another province (imported here): shipment event id -> origin province.
+    answered_transfers: dict[str, str] = field(default_factory=dict)
     replay_keys: list[str] = field(default_factory=list)  # batteries this event reached out of order
     seq: int = 0
     message: pb.FlowEvent | None = None  # the stored form, built once for the row and the outbox
@@ -209,14 +211,15 @@ class Capture:
         j.units, j.mass_kg = self.amounts(event, before)
         if event.biz_step is BizStep.RECEIVING:
             answered = {
-                s.open_shipment.event_id
+                s.open_shipment.event_id: s.open_shipment
                 for s in before.values()
                 if s.open_shipment is not None
                 and s.open_shipment.effective_destination_facility_id == event.facility_id
             }
             if shipment is not None and not prior:
-                answered.add(shipment.event_id)
+                answered[shipment.event_id] = shipment
             j.answered_shipments = sorted(answered)
+            j.answered_transfers = self.transfer_origins(answered.values())
         for battery, state in before.items():
             if needs_replay(state, event):
                 j.replay_keys.append(battery.urn)
@@ -235,6 +238,16 @@ class Capture:
             return None, ()
         view = next(v for v in views if v.event.event_id == shipment.event_id)
         return shipment, (view.receipt,) if view.receipt is not None else ()
+
+    def transfer_origins(self, shipments: Iterable[FlowEvent]) -> dict[str, str]:
+        """The shipments that came from another province (their facility's county there): event id -> province."""
+        origins: dict[str, str] = {}
+        for shipment in shipments:
+            facility = self.directory.facility(shipment.facility_id)
+            origin = province_of(facility.county_code) if facility is not None else ""
+            if origin and origin != self.settings.province:
+                origins[shipment.event_id] = origin
+        return origins
 
     def amounts(self, event: FlowEvent, before: dict[BatteryId, BatteryState]) -> tuple[int, float]:
         """Pieces and kilograms the event moves: identified batteries (by their model's mass) and quantities."""
@@ -294,6 +307,9 @@ class Capture:
                 shipment_seq = self.shipment_seq.get(shipment_id)
                 if shipment_seq is not None:
                     receipts.setdefault(shipment_seq, (j.seq, event.event_time))
+            for shipment_id, origin in sorted(j.answered_transfers.items()):
+                # The origin province learns that its shipment arrived (services.flows.transfers.import_receipt).
+                self.append_receipt(j, shipment_id, origin)
             for facility_id, delta in ledger_effects(j).items():
                 ledger[facility_id].add(delta)
         await store.insert_rows(self.session, EventBatteryRow, links)
@@ -371,6 +387,22 @@ class Capture:
         append_event(
             self.session, transfer_subject(self.settings.province, destination), transfer, event_id=metadata.event_id
         )
+
+    def append_receipt(self, j: Judged, shipment_id: str, origin: str) -> None:
+        """The receipt's ``TransferReceived`` outbox event, on greenmesh.<here>.flows.v1.transfer_received.<origin>."""
+        assert j.message is not None  # event_row built it
+        metadata = event_metadata(self.settings, pb.TransferReceived, self.now)
+        receipt = pb.TransferReceived(
+            metadata=metadata,
+            origin_province=origin,
+            destination_province=self.settings.province,
+            shipment_event_id=shipment_id,
+            event=j.message,
+            outcome=j.outcome,
+            facility_type=j.facility_type,
+        )
+        subject = receipt_subject(self.settings.province, origin)
+        append_event(self.session, subject, receipt, event_id=metadata.event_id)
 
     def shipment_row(self, j: Judged) -> dict[str, Any]:
         event = j.event

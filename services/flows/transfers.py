@@ -2,9 +2,10 @@
 
 With ``GREENMESH_NATIONAL_LINK=true`` the flows service declares the province's stream
 ``GREENMESH_<p>_INBOUND`` (``meshkit.national.inbound_stream_config``): through the national hub's domain it
-sources every province's ``facility_changed`` and ``participant_changed`` events and the ``transfer_shipped.<p>``
-events addressed to this province. One durable, idempotent consumer (``flows--inbound``, ``meshkit.inbox``, in the
-single writer's transaction: ``CaptureQueue.exclusive``) applies them:
+sources every province's ``facility_changed`` and ``participant_changed`` events, and the ``transfer_shipped.<p>``
+and ``transfer_received.<p>`` events addressed to this province. One durable, idempotent consumer
+(``flows--inbound``, ``meshkit.inbox``, in the single writer's transaction: ``CaptureQueue.exclusive``) applies
+them:
 
 - another province's facility or participant → ``remote_facility`` / ``remote_participant`` (a newer version
   replaces an older one; this province's own entries are ignored: its registry's directory has them) and the
@@ -16,8 +17,13 @@ single writer's transaction: ``CaptureQueue.exclusive``) applies them:
   stored here with its origin province (``flow_event.origin_province``), the batteries become known here, in transit
   to the destination facility, and the shipment is watched for diversion here. The ordinary receipt here then
   answers it (no FLOW-005) and the chain continues. Redelivery applies once (the inbox, and the event id).
+- a ``TransferReceived`` from another province (the receipt there of a shipment from here) → the receipt is
+  imported the same way (:func:`import_receipt`): stored with the receiving province as its origin, never judged
+  here, its batteries advanced with it, so they are no longer in transit here and, received by a listed
+  recycling enterprise, have reached the compliant channel in this province's figures too.
 
-The origin side is in :mod:`services.flows.capture` (``TransferShipped`` in the shipping event's transaction).
+The sending side is in :mod:`services.flows.capture` (``TransferShipped`` in the shipping event's transaction,
+``TransferReceived`` in the receipt's).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from meshkit.national import (
     ensure_inbound_stream,
     inbound_stream_config,
     inbound_stream_name,
+    receipt_subject,
     transfer_subject,
 )
 from meshkit.server import ServiceRuntime
@@ -57,6 +64,7 @@ from services.flows.domain import (
     RuleConfig,
     needs_replay,
 )
+from services.flows.domain.custody import is_listed_treatment
 from services.flows.domain.events import FlowEvent, Unit
 from services.flows.domain.transfers import import_states, province_of
 from services.flows.ingest import CaptureQueue
@@ -265,26 +273,11 @@ async def import_transfer(
         session,
         [
             {
-                "event_id": shipment.event_id,
-                "event_hash": message.event_hash,
-                "biz_step": shipment.biz_step.value,
-                "event_time": shipment.event_time,
-                "record_time": shipment.record_time or utcnow(),
-                "reporter_id": shipment.reporter_id,
-                "facility_id": shipment.facility_id,
+                **_imported_row(shipment, message, transfer.origin_province),
                 "facility_type": transfer.origin_facility_type,
-                "county_code": message.county_code,
-                "source_facility_id": shipment.source_facility_id,
-                "destination_facility_id": shipment.destination_facility_id,
-                "collection_mode": "",
                 "outcome": outcome if outcome in ("ACCEPTED", "QUARANTINED") else "ACCEPTED",
                 "battery_count": units,
                 "mass_kg": kilograms,
-                "late": False,
-                "declared": False,
-                "hits_json": "[]",  # judged in the origin province: no hit here (see sparing_imported)
-                "payload": message.SerializeToString(deterministic=True),
-                "origin_province": transfer.origin_province,
                 "at_listed_recycler": False,  # shipped from the origin's facility, which is not here
             }
         ],
@@ -327,6 +320,93 @@ async def import_transfer(
     return True
 
 
+async def import_receipt(
+    session: AsyncSession,
+    province: str,
+    directory: Directory,
+    config: RuleConfig,
+    received: pb.TransferReceived,
+) -> bool:
+    """Store the receipt, in another province, of a shipment this province sent there, and advance its batteries
+    (in the caller's transaction, which holds the single writer's lock): they are no longer in transit here and,
+    received by a listed recycling enterprise, have reached the compliant channel (the province's own dispatch
+    statistics count them). False when it was not for here, not a receipt, or already in."""
+    if (
+        received.origin_province != province
+        or not received.destination_province
+        or received.destination_province == province
+    ):
+        log.warning(
+            "receipt %s from %r of a shipment from %r is not for province %s; ignored",
+            received.event.event_id,
+            received.destination_province,
+            received.origin_province,
+            province,
+        )
+        return False
+    try:
+        receipt = stored_event_from_proto(received.event)
+    except ValueError:
+        log.exception("receipt %s does not hold a readable event; ignored", received.event.event_id)
+        return False
+    if receipt.biz_step is not BizStep.RECEIVING:
+        log.warning("receipt %s holds a %s event, not a receipt; ignored", receipt.event_id, receipt.biz_step)
+        return False
+    if await store.existing_hashes(session, {receipt.event_id}):
+        return False  # imported already: applied once
+    keys = store.battery_keys_of(receipt)
+    states, rows = await store.load_states(session, keys)
+    before = {state.battery: state for state in states.values()}
+    after = import_states(receipt, before, directory)
+    units, kilograms = _amounts(receipt, len(after))
+    message = received.event
+    outcome = pb.EventOutcome.Name(received.outcome).removeprefix("EVENT_OUTCOME_")
+    [seq] = await store.insert_events(
+        session,
+        [
+            {
+                **_imported_row(receipt, message, received.destination_province),
+                "facility_type": received.facility_type,
+                "outcome": outcome if outcome in ("ACCEPTED", "QUARANTINED") else "ACCEPTED",
+                "battery_count": units,
+                "mass_kg": kilograms,
+                "at_listed_recycler": is_listed_treatment(directory.facility(receipt.facility_id), directory),
+            }
+        ],
+    )
+    await store.insert_rows(session, EventBatteryRow, [{"battery_key": key, "event_seq": seq} for key in keys])
+    await store.upsert_batteries(
+        session,
+        [store.battery_values(state, _facts(rows.get(battery.urn), state), None) for battery, state in after.items()],
+    )
+    late = sorted(b.urn for b, state in before.items() if needs_replay(state, receipt))
+    if late:  # later events known here: rebuilt with the receipt where its event time puts it
+        await capture.recompute(session, late, directory, config)
+    return True
+
+
+def _imported_row(event: FlowEvent, message: pb.FlowEvent, origin: str) -> dict[str, Any]:
+    """The flow_event columns of an event another province captured (and judged: no hit, never late here)."""
+    return {
+        "event_id": event.event_id,
+        "event_hash": message.event_hash,
+        "biz_step": event.biz_step.value,
+        "event_time": event.event_time,
+        "record_time": event.record_time or utcnow(),
+        "reporter_id": event.reporter_id,
+        "facility_id": event.facility_id,
+        "county_code": message.county_code,
+        "source_facility_id": event.source_facility_id,
+        "destination_facility_id": event.destination_facility_id,
+        "collection_mode": "",
+        "late": False,
+        "declared": False,
+        "hits_json": "[]",  # judged in the province that captured it (see sparing_imported)
+        "payload": message.SerializeToString(deterministic=True),
+        "origin_province": origin,
+    }
+
+
 async def _close_with_earlier_receipt(session: AsyncSession, keys: list[str], shipment: FlowEvent, seq: int) -> None:
     """A receipt reported here before the shipment arrived answers it now: the shipment is received (no diversion
     alert for it), by the first effective receipt at its destination from its time on."""
@@ -358,7 +438,7 @@ def _facts(row: BatteryRow | None, state: BatteryState) -> store.BatteryFacts:
 
 
 def inbound_subjects(province: str) -> list[str]:
-    return [*INBOUND_REGISTRY_SUBJECTS, transfer_subject("*", province)]
+    return [*INBOUND_REGISTRY_SUBJECTS, transfer_subject("*", province), receipt_subject("*", province)]
 
 
 def inbound_consumer(
@@ -393,10 +473,16 @@ def inbound_consumer(
         if transfer is not None and await import_transfer(session, province, directory, config, transfer):
             log.info("imported shipment %s from province %s", transfer.event.event_id, transfer.origin_province)
 
+    async def on_receipt(session: AsyncSession, message: Msg) -> None:
+        received = _parse(pb.TransferReceived, message)
+        if received is not None and await import_receipt(session, province, directory, config, received):
+            log.info("imported receipt %s in province %s", received.event.event_id, received.destination_province)
+
     effects = {
         rpb.FacilityChanged.DESCRIPTOR.full_name: on_facility,
         rpb.ParticipantChanged.DESCRIPTOR.full_name: on_participant,
         pb.TransferShipped.DESCRIPTOR.full_name: on_transfer,
+        pb.TransferReceived.DESCRIPTOR.full_name: on_receipt,
     }
     return ConsumerSpec(
         durable=INBOUND_CONSUMER,

@@ -235,7 +235,17 @@ async def test_a_battery_shipped_to_another_province_is_received_there_and_trace
     assert trace.steps[0].event.facility_id == outlet.site
     assert trace.reached_compliant_channel
 
-    # The national trace: both halves, in order, the shipment once.
+    # 44 tells 32 the shipment arrived: in 32 too the battery is at a listed recycler (the compliant channel).
+    async def received_in_32() -> bool:
+        got = await jiangsu.flows.call("GetBatteryTrace", fpb.GetBatteryTraceRequest(battery_ref=battery))
+        return bool(got.reached_compliant_channel)
+
+    await eventually(received_in_32, timeout=45, interval=0.2)
+    origin = await jiangsu.flows.call("GetBatteryTrace", fpb.GetBatteryTraceRequest(battery_ref=battery))
+    assert step_names(origin) == [("COLLECTING", "32"), ("SHIPPING", "32"), ("RECEIVING", "44")]
+    assert await state_in(jiangsu.flows, battery) == "AT_RECYCLER"
+
+    # The national trace: both halves, in order, the shipment once (32's copy of the receipt is not repeated).
     national = await national_trace_cli(nation, battery)
     chain = [
         (step["province"], step["step"]["event"]["bizStep"].removeprefix("BIZ_STEP_")) for step in national["steps"]
@@ -283,7 +293,8 @@ async def test_without_a_hub_the_link_just_waits(nats_server: NatsServer, make_r
         assert [s.name for s in info.config.sources or []] == [
             "GREENMESH_NATIONAL_REGISTRY",
             "GREENMESH_NATIONAL_REGISTRY",
-            "GREENMESH_NATIONAL_FLOWS",
+            "GREENMESH_NATIONAL_FLOWS",  # shipments to 32
+            "GREENMESH_NATIONAL_FLOWS",  # receipts elsewhere of 32's shipments
         ]
         assert info.state.messages == 0
     finally:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import typer
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from greenmesh.common.v1 import event_pb2
 from greenmesh.flows.v1 import flows_pb2 as pb
@@ -17,7 +19,8 @@ from greenmesh_cli.national import NationalStep, parse_addresses, step_row, stit
 from meshkit.config import MeshSettings
 from meshkit.db import Database
 from meshkit.migrate import migrate
-from meshkit.national import inbound_stream_config, inbound_stream_name, transfer_subject
+from meshkit.national import inbound_stream_config, inbound_stream_name, receipt_subject, transfer_subject
+from meshkit.tables import OutboxEvent
 from services.flows import capture, store
 from services.flows.directory_view import DirectoryView
 from services.flows.domain import (
@@ -37,7 +40,9 @@ from services.flows.domain.identity import BatteryId, IdentifierScheme
 from services.flows.domain.transfers import import_states, province_of, sparing_imported, transfer_destination
 from services.flows.mapping import event_to_proto
 from services.flows.service import MIGRATIONS
+from services.flows.statistics import dispatch_statistics
 from services.flows.transfers import (
+    import_receipt,
     import_transfer,
     load_remote_directory,
     upsert_remote_facility,
@@ -316,6 +321,106 @@ async def test_a_receipt_reported_before_its_transfer_arrived_is_answered_once_i
         await database.dispose()
 
 
+def battery_ref() -> pb.BatteryRef:
+    return pb.BatteryRef(scheme=pb.IDENTIFIER_SCHEME_MANUFACTURER_SERIAL, namespace=PRODUCER_CODE, value="SN-1")
+
+
+def flow_event(event_id: str, step: pb.BizStep.ValueType, facility: str, day: float, **fields: object) -> pb.FlowEvent:
+    message = pb.FlowEvent(
+        event_id=event_id,
+        event_time_zone_offset="+08:00",
+        biz_step=step,
+        facility_id=facility,
+        batteries=[battery_ref()],
+        **fields,  # type: ignore[arg-type]
+    )
+    message.event_time.FromDatetime(T0 + dt.timedelta(days=day))
+    return message
+
+
+async def test_the_receipt_goes_back_to_the_origin_which_stops_counting_the_battery_in_transit(
+    database_url: str, tmp_path: Path
+) -> None:
+    """44 receives a shipment from 32: its capture writes TransferReceived for 32; 32 imports it once, and there
+    too the battery is at a listed recycler (the compliant channel, in 32's own dispatch statistics)."""
+    jiangsu_db, guangdong_db = Database(database_url), Database(f"sqlite+aiosqlite:///{tmp_path / 'flows44.db'}")
+    for database in (jiangsu_db, guangdong_db):
+        await migrate(database, MIGRATIONS)
+    config = RuleConfig()
+    jiangsu, guangdong = jiangsu_view(), guangdong_view()
+    at_32 = MeshSettings.model_validate({"province": "32", "data_dir": tmp_path})
+    at_44 = MeshSettings.model_validate({"province": "44", "data_dir": tmp_path})
+    collect = flow_event(
+        "0b7c53b6-8d5e-4b7e-9a43-1f1f0c0d0e10", pb.BIZ_STEP_COLLECTING, OUTLET.facility_id, 0,
+        collection_mode=pb.COLLECTION_MODE_TRADE_IN, disposition=pb.DISPOSITION_WASTE,
+    )  # fmt: skip
+    ship = flow_event(
+        "0b7c53b6-8d5e-4b7e-9a43-1f1f0c0d0e11", pb.BIZ_STEP_SHIPPING, OUTLET.facility_id, 1,
+        destination_facility_id=RECYCLER.facility_id,
+    )  # fmt: skip
+    receive = flow_event(
+        "0b7c53b6-8d5e-4b7e-9a43-1f1f0c0d0e12", pb.BIZ_STEP_RECEIVING, RECYCLER.facility_id, 3,
+        source_facility_id=OUTLET.facility_id,
+    )  # fmt: skip
+    try:
+        async with jiangsu_db.transaction() as session:
+            shipped = await capture.capture_batch(
+                session, at_32, jiangsu, config, [collect, ship], "op-outlet", rollback_on_error=True
+            )
+        assert [j.outcome for j in shipped.judged] == [pb.EVENT_OUTCOME_ACCEPTED] * 2
+        async with jiangsu_db.session() as session:
+            [transfer] = [
+                pb.TransferShipped.FromString(r.payload) for r in await outbox_rows(session, "TransferShipped")
+            ]
+        async with guangdong_db.transaction() as session:
+            assert await import_transfer(session, "44", guangdong, config, transfer)
+        async with guangdong_db.transaction() as session:
+            received = await capture.capture_batch(
+                session, at_44, guangdong, config, [receive], "op-recycler", rollback_on_error=True
+            )
+        assert received.judged[0].outcome == pb.EVENT_OUTCOME_ACCEPTED
+        async with guangdong_db.session() as session:
+            [row] = await outbox_rows(session, "TransferReceived")
+        assert row.subject == receipt_subject("44", "32") == "greenmesh.44.flows.v1.transfer_received.32"
+        receipt = pb.TransferReceived.FromString(row.payload)
+        assert (receipt.origin_province, receipt.destination_province) == ("32", "44")
+        assert (receipt.shipment_event_id, receipt.event.event_id) == (ship.event_id, receive.event_id)
+        assert receipt.facility_type == "RECYCLING_PLANT" and receipt.event.county_code == "440305"
+
+        async with jiangsu_db.session() as session:
+            before = await store.battery_row(session, BATTERY.urn)
+            assert before is not None and (before.phase, before.reached_recycler) == ("IN_TRANSIT_REVERSE", False)
+            figures = await dispatch_statistics(session, "32", T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=9))
+            assert (figures.rate_reached_recycler, figures.rate_denominator) == (0, 1)
+        async with jiangsu_db.transaction() as session:
+            assert not await import_receipt(session, "44", jiangsu, config, receipt)  # not for 44
+            assert await import_receipt(session, "32", jiangsu, config, receipt)
+        async with jiangsu_db.transaction() as session:
+            assert not await import_receipt(session, "32", jiangsu, config, receipt)  # redelivered: once
+        async with jiangsu_db.session() as session:
+            after = await store.battery_row(session, BATTERY.urn)
+            assert after is not None and (after.phase, after.reached_recycler) == ("AT_RECYCLER", True)
+            assert after.holder_facility_id == RECYCLER.facility_id and after.open_shipment_seq is None
+            history = await store.battery_history(session, [BATTERY.urn])
+            assert history.imported == {receive.event_id: "44"}
+            figures = await dispatch_statistics(session, "32", T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=9))
+            # reached the compliant channel; the delivery itself is Guangdong's figure, not counted in 32
+            assert (figures.rate_reached_recycler, figures.rate_denominator) == (1, 1)
+            assert figures.delivered_to_recyclers_batteries == 0
+        # A later correction in 32 replays the history with the imported receipt, not judging it again.
+        async with jiangsu_db.transaction() as session:
+            states = await capture.recompute(session, [BATTERY.urn], jiangsu, config)
+        assert states[BATTERY.urn].reached_recycler and not states[BATTERY.urn].quarantined
+    finally:
+        await jiangsu_db.dispose()
+        await guangdong_db.dispose()
+
+
+async def outbox_rows(session: AsyncSession, event_type: str) -> list[OutboxEvent]:
+    rows = await session.exec(select(OutboxEvent).order_by(col(OutboxEvent.seq)))
+    return [row for row in rows.all() if row.event_type == f"greenmesh.flows.v1.{event_type}"]
+
+
 # ---- the inbound stream -------------------------------------------------------------------------------------------
 
 
@@ -328,8 +433,10 @@ def test_the_inbound_stream_sources_the_hub_through_its_domain() -> None:
         ("GREENMESH_NATIONAL_REGISTRY", "greenmesh.*.registry.v1.facility_changed", "$JS.national.API"),
         ("GREENMESH_NATIONAL_REGISTRY", "greenmesh.*.registry.v1.participant_changed", "$JS.national.API"),
         ("GREENMESH_NATIONAL_FLOWS", "greenmesh.*.flows.v1.transfer_shipped.44", "$JS.national.API"),
+        ("GREENMESH_NATIONAL_FLOWS", "greenmesh.*.flows.v1.transfer_received.44", "$JS.national.API"),
     ]
     assert transfer_subject("32", "44") == "greenmesh.32.flows.v1.transfer_shipped.44"
+    assert receipt_subject("44", "32") == "greenmesh.44.flows.v1.transfer_received.32"
 
 
 # ---- the national trace -------------------------------------------------------------------------------------------
@@ -375,6 +482,7 @@ def test_stitching_follows_a_return_and_names_a_province_not_given() -> None:
     back = trace(
         step("collect", pb.BIZ_STEP_COLLECTING, "320102", 0),
         step("ship", pb.BIZ_STEP_SHIPPING, "320102", 1),
+        step("receive", pb.BIZ_STEP_RECEIVING, "440305", 3),  # 44's receipt, sent back to 32 (TransferReceived)
         step("ship-back", pb.BIZ_STEP_SHIPPING, "440305", 5),
         step("receive-back", pb.BIZ_STEP_RECEIVING, "320102", 7),
     )
@@ -391,6 +499,7 @@ def test_stitching_follows_a_return_and_names_a_province_not_given() -> None:
         "ship-back",
         "receive-back",
     ]
+    assert stitched.unplaced == ()  # 32's copy of the receipt is 44's step, shown once, where 44 has it
     only_there = stitch_traces({"44": GUANGDONG})
     assert [event_id for _, _, event_id in chain(only_there.steps)] == ["ship", "receive", "recycle"]
     assert only_there.missing_provinces == ("32",)

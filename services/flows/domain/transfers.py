@@ -35,13 +35,15 @@ def transfer_destination(event: FlowEvent, directory: Directory, province: str) 
 
 
 def import_states(
-    shipment: FlowEvent, states: Mapping[BatteryId, BatteryState], directory: Directory
+    event: FlowEvent, states: Mapping[BatteryId, BatteryState], directory: Directory
 ) -> dict[BatteryId, BatteryState]:
-    """The batteries' states once the imported ``shipment`` applies: in transit to the destination facility. The
-    origin judged the shipment, so it brings no rule hit here (a battery unknown here starts UNKNOWN)."""
+    """The batteries' states once an imported ``event`` applies: a shipment from another province puts them in
+    transit to the facility here; the receipt, in another province, of a shipment from here puts them there. The
+    province that captured the event judged it, so it brings no rule hit here (a battery unknown here starts
+    UNKNOWN)."""
     return {
-        battery: advance(states.get(battery) or BatteryState(battery), shipment, directory)
-        for battery in sorted(set(shipment.batteries), key=lambda b: b.urn)
+        battery: advance(states.get(battery) or BatteryState(battery), event, directory)
+        for battery in sorted(set(event.batteries), key=lambda b: b.urn)
     }
 
 

@@ -2156,6 +2156,54 @@ class TransferShipped(_message.Message):
 Global___TransferShipped: _TypeAlias = TransferShipped  # noqa: Y015
 
 @_typing.final
+class TransferReceived(_message.Message):
+    """A receipt that answered a shipment from another province, published by the destination province's flows in the
+    receipt's transaction, on greenmesh.<destination>.flows.v1.transfer_received.<origin>. The national hub carries it
+    back to the origin province, whose flows imports the receipt: there too the batteries are no longer in transit
+    and, received by a listed recycling enterprise, have reached the compliant channel.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    ORIGIN_PROVINCE_FIELD_NUMBER: _builtins.int
+    DESTINATION_PROVINCE_FIELD_NUMBER: _builtins.int
+    SHIPMENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    FACILITY_TYPE_FIELD_NUMBER: _builtins.int
+    origin_province: _builtins.str
+    """GB/T 2260 province codes of the shipping facility (where this goes) and of the receiving facility."""
+    destination_province: _builtins.str
+    shipment_event_id: _builtins.str
+    """The shipment it answered, and the receiving event as the destination stored it."""
+    outcome: Global___EventOutcome.ValueType
+    facility_type: _builtins.str
+    """The receiving facility's type, from the destination's directory at capture."""
+    @_builtins.property
+    def metadata(self) -> _event_pb2.EventMetadata: ...
+    @_builtins.property
+    def event(self) -> Global___FlowEvent: ...
+    def __init__(
+        self,
+        *,
+        metadata: _event_pb2.EventMetadata | None = ...,
+        origin_province: _builtins.str = ...,
+        destination_province: _builtins.str = ...,
+        shipment_event_id: _builtins.str = ...,
+        event: Global___FlowEvent | None = ...,
+        outcome: Global___EventOutcome.ValueType = ...,
+        facility_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_province", b"destination_province", "event", b"event", "facility_type", b"facility_type", "metadata", b"metadata", "origin_province", b"origin_province", "outcome", b"outcome", "shipment_event_id", b"shipment_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferReceived: _TypeAlias = TransferReceived  # noqa: Y015
+
+@_typing.final
 class EventRejected(_message.Message):
     """A report that was refused for a CRITICAL rule (e.g. refurbishment): not stored, but not lost either."""
 
