@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
+from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -19,8 +21,20 @@ from meshkit.tables import InboxMessage, utcnow
 
 log = logging.getLogger(__name__)
 
+M = TypeVar("M", bound=Message)
+
 # An effect handler applies one event inside the inbox transaction; it must not commit.
 EffectHandler = Callable[[AsyncSession, Msg], Awaitable[None]]
+
+
+def decoded(kind: type[M], message: Msg) -> M | None:
+    """The message's protobuf payload as ``kind``, or None (logged) when it does not decode: an effect skips it,
+    and the inbox records it as handled, so a poison message never blocks the consumer."""
+    try:
+        return kind.FromString(message.data)
+    except DecodeError:
+        log.warning("%s on %s does not decode; ignored", kind.DESCRIPTOR.name, message.subject)
+        return None
 
 
 def message_id_of(message: Msg) -> str:

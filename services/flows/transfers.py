@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlmodel import col, select
@@ -42,7 +42,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from greenmesh.flows.v1 import flows_pb2 as pb
 from greenmesh.registry.v1 import registry_pb2 as rpb
 from meshkit.bus import ConsumerSpec
-from meshkit.inbox import idempotent_handler
+from meshkit.inbox import decoded, idempotent_handler
 from meshkit.national import (
     INBOUND_REGISTRY_SUBJECTS,
     ensure_inbound_stream,
@@ -66,6 +66,7 @@ from services.flows.domain import (
 )
 from services.flows.domain.custody import is_listed_treatment
 from services.flows.domain.events import FlowEvent, Unit
+from services.flows.domain.identity import BatteryId
 from services.flows.domain.transfers import import_states, province_of
 from services.flows.ingest import CaptureQueue
 from services.flows.mapping import stored_event_from_proto
@@ -230,6 +231,89 @@ def _amounts(shipment: FlowEvent, batteries: int) -> tuple[int, float]:
     return units, kilograms
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """An imported event once stored: its seq, its batteries' keys, their rows and states before and after it."""
+
+    seq: int
+    keys: list[str]
+    rows: dict[str, BatteryRow]
+    before: dict[BatteryId, BatteryState]
+    after: dict[BatteryId, BatteryState]
+    units: int
+    kilograms: float
+
+
+def _readable(message: pb.FlowEvent, step: BizStep, what: str) -> FlowEvent | None:
+    """The domain event another province sent, or None (logged) when it does not convert or is not ``step``."""
+    try:
+        event = stored_event_from_proto(message)
+    except ValueError:
+        log.exception("%s %s does not hold a readable event; ignored", what, message.event_id)
+        return None
+    if event.biz_step is not step:
+        log.warning("%s %s holds a %s event, not %s; ignored", what, event.event_id, event.biz_step, step)
+        return None
+    return event
+
+
+def _for_here(province: str, here: str, there: str, what: str, event_id: str) -> bool:
+    """Whether a transfer message between ``here`` (must be this ``province``) and ``there`` (another) is ours."""
+    if here == province and there and there != province:
+        return True
+    log.warning("%s %s between %r and %r is not for province %s; ignored", what, event_id, here, there, province)
+    return False
+
+
+async def _store_imported(
+    session: AsyncSession,
+    directory: Directory,
+    event: FlowEvent,
+    message: pb.FlowEvent,
+    *,
+    origin: str,
+    outcome: pb.EventOutcome.ValueType,
+    facility_type: str,
+    at_listed_recycler: bool,
+) -> _Stored | None:
+    """Store an event another province captured (and judged) with its battery links, and the states it leads
+    to (not yet written); None when it is here already (redelivered, or the id is taken): applied once."""
+    if await store.existing_hashes(session, {event.event_id}):
+        return None
+    keys = store.battery_keys_of(event)
+    states, rows = await store.load_states(session, keys)
+    before = {state.battery: state for state in states.values()}
+    after = import_states(event, before, directory)
+    units, kilograms = _amounts(event, len(after))
+    name = pb.EventOutcome.Name(outcome).removeprefix("EVENT_OUTCOME_")
+    row = {
+        "event_id": event.event_id,
+        "event_hash": message.event_hash,
+        "biz_step": event.biz_step.value,
+        "event_time": event.event_time,
+        "record_time": event.record_time or utcnow(),
+        "reporter_id": event.reporter_id,
+        "facility_id": event.facility_id,
+        "facility_type": facility_type,
+        "county_code": message.county_code,
+        "source_facility_id": event.source_facility_id,
+        "destination_facility_id": event.destination_facility_id,
+        "collection_mode": "",
+        "outcome": name if name in ("ACCEPTED", "QUARANTINED") else "ACCEPTED",
+        "battery_count": units,
+        "mass_kg": kilograms,
+        "late": False,
+        "declared": False,
+        "hits_json": "[]",  # judged in the province that captured it (see sparing_imported)
+        "payload": message.SerializeToString(deterministic=True),
+        "origin_province": origin,
+        "at_listed_recycler": at_listed_recycler,
+    }
+    [seq] = await store.insert_events(session, [row])
+    await store.insert_rows(session, EventBatteryRow, [{"battery_key": key, "event_seq": seq} for key in keys])
+    return _Stored(seq, keys, rows, before, after, units, kilograms)
+
+
 async def import_transfer(
     session: AsyncSession,
     province: str,
@@ -239,84 +323,52 @@ async def import_transfer(
 ) -> bool:
     """Store a shipment another province sent to this one and advance its batteries (in the caller's transaction,
     which must hold the single writer's lock); False when it was not for here, not a shipment, or already in."""
-    if (
-        transfer.destination_province != province
-        or not transfer.origin_province
-        or transfer.origin_province == province
-    ):
-        log.warning(
-            "transfer %s from %r to %r is not for province %s; ignored",
-            transfer.event.event_id,
-            transfer.origin_province,
-            transfer.destination_province,
-            province,
-        )
-        return False
-    try:
-        shipment = stored_event_from_proto(transfer.event)
-    except ValueError:
-        log.exception("transfer %s does not hold a readable event; ignored", transfer.event.event_id)
-        return False
-    if shipment.biz_step is not BizStep.SHIPPING:
-        log.warning("transfer %s holds a %s event, not a shipment; ignored", shipment.event_id, shipment.biz_step)
-        return False
-    if await store.existing_hashes(session, {shipment.event_id}):
-        return False  # imported already (or the id is taken here): applied once
-    keys = store.battery_keys_of(shipment)
-    states, rows = await store.load_states(session, keys)
-    before = {state.battery: state for state in states.values()}
-    after = import_states(shipment, before, directory)
-    units, kilograms = _amounts(shipment, len(after))
     message = transfer.event
-    outcome = pb.EventOutcome.Name(transfer.outcome).removeprefix("EVENT_OUTCOME_")
-    [seq] = await store.insert_events(
+    if not _for_here(province, transfer.destination_province, transfer.origin_province, "transfer", message.event_id):
+        return False
+    shipment = _readable(message, BizStep.SHIPPING, "transfer")
+    if shipment is None:
+        return False
+    stored = await _store_imported(
         session,
-        [
-            {
-                **_imported_row(shipment, message, transfer.origin_province),
-                "facility_type": transfer.origin_facility_type,
-                "outcome": outcome if outcome in ("ACCEPTED", "QUARANTINED") else "ACCEPTED",
-                "battery_count": units,
-                "mass_kg": kilograms,
-                "at_listed_recycler": False,  # shipped from the origin's facility, which is not here
-            }
-        ],
+        directory,
+        shipment,
+        message,
+        origin=transfer.origin_province,
+        outcome=transfer.outcome,
+        facility_type=transfer.origin_facility_type,
+        at_listed_recycler=False,  # shipped from the origin's facility, which is not here
     )
-    await store.insert_rows(session, EventBatteryRow, [{"battery_key": key, "event_seq": seq} for key in keys])
+    if stored is None:
+        return False
     # Watched for diversion here: the destination province is the one that sees whether it arrives.
     await store.insert_rows(
         session,
         ShipmentRow,
         [
             {
-                "event_seq": seq,
+                "event_seq": stored.seq,
                 "event_id": shipment.event_id,
                 "source_facility_id": shipment.effective_source_facility_id,
                 "destination_facility_id": shipment.destination_facility_id,
                 "reporter_id": shipment.reporter_id,
                 "county_code": message.county_code,
                 "shipped_at": shipment.event_time,
-                "battery_count": units,
-                "mass_kg": kilograms,
+                "battery_count": stored.units,
+                "mass_kg": stored.kilograms,
                 "received_seq": None,
                 "received_at": None,
             }
         ],
     )
-    await store.upsert_batteries(
-        session,
-        [
-            store.battery_values(state, _facts(rows.get(battery.urn), state), seq if state.open_shipment else None)
-            for battery, state in after.items()
-        ],
-    )
-    late = sorted(b.urn for b, state in before.items() if needs_replay(state, shipment))
+    await _write_states(session, stored, stored.seq)
+    late = sorted(b.urn for b, state in stored.before.items() if needs_replay(state, shipment))
     if late:
         # A battery known here with later events (e.g. a receipt reported before the transfer arrived): its state
         # is rebuilt from its whole history, the imported shipment where its event time puts it.
         states_now = await capture.recompute(session, late, directory, config)
         if any(state.received_via == shipment.event_id for state in states_now.values()):
-            await _close_with_earlier_receipt(session, late, shipment, seq)
+            await _close_with_earlier_receipt(session, late, shipment, stored.seq)
     return True
 
 
@@ -331,80 +383,42 @@ async def import_receipt(
     (in the caller's transaction, which holds the single writer's lock): they are no longer in transit here and,
     received by a listed recycling enterprise, have reached the compliant channel (the province's own dispatch
     statistics count them). False when it was not for here, not a receipt, or already in."""
-    if (
-        received.origin_province != province
-        or not received.destination_province
-        or received.destination_province == province
-    ):
-        log.warning(
-            "receipt %s from %r of a shipment from %r is not for province %s; ignored",
-            received.event.event_id,
-            received.destination_province,
-            received.origin_province,
-            province,
-        )
-        return False
-    try:
-        receipt = stored_event_from_proto(received.event)
-    except ValueError:
-        log.exception("receipt %s does not hold a readable event; ignored", received.event.event_id)
-        return False
-    if receipt.biz_step is not BizStep.RECEIVING:
-        log.warning("receipt %s holds a %s event, not a receipt; ignored", receipt.event_id, receipt.biz_step)
-        return False
-    if await store.existing_hashes(session, {receipt.event_id}):
-        return False  # imported already: applied once
-    keys = store.battery_keys_of(receipt)
-    states, rows = await store.load_states(session, keys)
-    before = {state.battery: state for state in states.values()}
-    after = import_states(receipt, before, directory)
-    units, kilograms = _amounts(receipt, len(after))
     message = received.event
-    outcome = pb.EventOutcome.Name(received.outcome).removeprefix("EVENT_OUTCOME_")
-    [seq] = await store.insert_events(
+    if not _for_here(province, received.origin_province, received.destination_province, "receipt", message.event_id):
+        return False
+    receipt = _readable(message, BizStep.RECEIVING, "receipt")
+    if receipt is None:
+        return False
+    stored = await _store_imported(
         session,
-        [
-            {
-                **_imported_row(receipt, message, received.destination_province),
-                "facility_type": received.facility_type,
-                "outcome": outcome if outcome in ("ACCEPTED", "QUARANTINED") else "ACCEPTED",
-                "battery_count": units,
-                "mass_kg": kilograms,
-                "at_listed_recycler": is_listed_treatment(directory.facility(receipt.facility_id), directory),
-            }
-        ],
+        directory,
+        receipt,
+        message,
+        origin=received.destination_province,
+        outcome=received.outcome,
+        facility_type=received.facility_type,
+        at_listed_recycler=is_listed_treatment(directory.facility(receipt.facility_id), directory),
     )
-    await store.insert_rows(session, EventBatteryRow, [{"battery_key": key, "event_seq": seq} for key in keys])
-    await store.upsert_batteries(
-        session,
-        [store.battery_values(state, _facts(rows.get(battery.urn), state), None) for battery, state in after.items()],
-    )
-    late = sorted(b.urn for b, state in before.items() if needs_replay(state, receipt))
+    if stored is None:
+        return False
+    await _write_states(session, stored, None)
+    late = sorted(b.urn for b, state in stored.before.items() if needs_replay(state, receipt))
     if late:  # later events known here: rebuilt with the receipt where its event time puts it
         await capture.recompute(session, late, directory, config)
     return True
 
 
-def _imported_row(event: FlowEvent, message: pb.FlowEvent, origin: str) -> dict[str, Any]:
-    """The flow_event columns of an event another province captured (and judged: no hit, never late here)."""
-    return {
-        "event_id": event.event_id,
-        "event_hash": message.event_hash,
-        "biz_step": event.biz_step.value,
-        "event_time": event.event_time,
-        "record_time": event.record_time or utcnow(),
-        "reporter_id": event.reporter_id,
-        "facility_id": event.facility_id,
-        "county_code": message.county_code,
-        "source_facility_id": event.source_facility_id,
-        "destination_facility_id": event.destination_facility_id,
-        "collection_mode": "",
-        "late": False,
-        "declared": False,
-        "hits_json": "[]",  # judged in the province that captured it (see sparing_imported)
-        "payload": message.SerializeToString(deterministic=True),
-        "origin_province": origin,
-    }
+async def _write_states(session: AsyncSession, stored: _Stored, shipment_seq: int | None) -> None:
+    """The batteries' rows after the imported event (``shipment_seq``: the open shipment it is, if it is one)."""
+    await store.upsert_batteries(
+        session,
+        [
+            store.battery_values(
+                state, _facts(stored.rows.get(battery.urn), state), shipment_seq if state.open_shipment else None
+            )
+            for battery, state in stored.after.items()
+        ],
+    )
 
 
 async def _close_with_earlier_receipt(session: AsyncSession, keys: list[str], shipment: FlowEvent, seq: int) -> None:
@@ -458,23 +472,23 @@ def inbound_consumer(
         await ensure_inbound_stream(js, stream)
 
     async def on_facility(session: AsyncSession, message: Msg) -> None:
-        event = _parse(rpb.FacilityChanged, message)
+        event = decoded(rpb.FacilityChanged, message)
         if event is not None:
             await upsert_remote_facility(session, directory, province, event.facility, event.metadata.province_code)
 
     async def on_participant(session: AsyncSession, message: Msg) -> None:
-        event = _parse(rpb.ParticipantChanged, message)
+        event = decoded(rpb.ParticipantChanged, message)
         if event is not None:
             origin = event.metadata.province_code or _subject_province(message.subject)
             await upsert_remote_participant(session, directory, province, event.participant, origin)
 
     async def on_transfer(session: AsyncSession, message: Msg) -> None:
-        transfer = _parse(pb.TransferShipped, message)
+        transfer = decoded(pb.TransferShipped, message)
         if transfer is not None and await import_transfer(session, province, directory, config, transfer):
             log.info("imported shipment %s from province %s", transfer.event.event_id, transfer.origin_province)
 
     async def on_receipt(session: AsyncSession, message: Msg) -> None:
-        received = _parse(pb.TransferReceived, message)
+        received = decoded(pb.TransferReceived, message)
         if received is not None and await import_receipt(session, province, directory, config, received):
             log.info("imported receipt %s in province %s", received.event.event_id, received.destination_province)
 
@@ -497,11 +511,3 @@ def inbound_consumer(
 def _subject_province(subject: str) -> str:
     parts = subject.split(".")
     return parts[1] if len(parts) > 1 else ""
-
-
-def _parse(kind: Any, message: Msg) -> Any:
-    try:
-        return kind.FromString(message.data)
-    except DecodeError:
-        log.warning("%s on %s does not decode; ignored", kind.DESCRIPTOR.name, message.subject)
-        return None

@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import nats.js.errors
-from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -16,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from greenmesh.flows.v1 import flows_pb2 as pb
 from meshkit.bus import ConsumerSpec
 from meshkit.config import Component
-from meshkit.inbox import idempotent_handler
+from meshkit.inbox import decoded, idempotent_handler
 from meshkit.national import national_stream_name
 from meshkit.server import ServiceRuntime
 from meshkit.subjects import event_subject
@@ -53,23 +52,23 @@ async def require_national_stream(js: JetStreamContext) -> None:
 
 def national_consumer(runtime: ServiceRuntime) -> ConsumerSpec:
     async def on_recorded(session: AsyncSession, message: Msg) -> None:
-        recorded = _parse(pb.FlowEventRecorded, message)
+        recorded = decoded(pb.FlowEventRecorded, message)
         if recorded is not None:
             province = recorded.metadata.province_code or province_of(message.subject)
             await projection.record_event(session, recorded, province)
 
     async def on_declared(session: AsyncSession, message: Msg) -> None:
-        declared = _parse(pb.ErrorDeclared, message)
+        declared = decoded(pb.ErrorDeclared, message)
         if declared is not None:
             await projection.declare_error(session, declared)
 
     async def on_raised(session: AsyncSession, message: Msg) -> None:
-        raised = _parse(pb.AlertRaised, message)
+        raised = decoded(pb.AlertRaised, message)
         if raised is not None:
             await projection.record_alert(session, raised.alert, raised=True)
 
     async def on_status(session: AsyncSession, message: Msg) -> None:
-        changed = _parse(pb.AlertStatusChanged, message)
+        changed = decoded(pb.AlertStatusChanged, message)
         if changed is not None:
             await projection.record_alert(session, changed.alert, raised=False)
 
@@ -88,11 +87,3 @@ def national_consumer(runtime: ServiceRuntime) -> ConsumerSpec:
         stream=national_stream_name(Component.FLOWS),
         declare=require_national_stream,
     )
-
-
-def _parse(kind: Any, message: Msg) -> Any:
-    try:
-        return kind.FromString(message.data)
-    except DecodeError:
-        log.warning("%s on %s does not decode; ignored", kind.DESCRIPTOR.name, message.subject)
-        return None
