@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import energy, flows, gateway, grpc_reference, registry, storage_reference
+from bench import energy, flows, gateway, grpc_reference, national, registry, storage_reference
 from bench.common import BenchModule, Result, RunContext, log
 
 # A fixed order, so runs are comparable: later benchmarks append themselves here.
-MODULES: tuple[BenchModule, ...] = (grpc_reference, storage_reference, registry, flows, energy, gateway)
+MODULES: tuple[BenchModule, ...] = (grpc_reference, storage_reference, registry, flows, energy, gateway, national)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LATEST = Path(__file__).resolve().parent / "results" / "latest.jsonl"

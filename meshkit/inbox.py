@@ -11,11 +11,12 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meshkit.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, MessageHandler
+from meshkit.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, BatchHandler, MessageHandler
 from meshkit.db import Database
 from meshkit.tables import InboxMessage, utcnow
 
@@ -90,5 +91,58 @@ def idempotent_handler(
         await message.ack_sync()
         if on_applied is not None:
             on_applied()
+
+    return handle
+
+
+# Applies the messages of a batch not applied before, in order, inside the batch's transaction; must not commit.
+BatchEffect = Callable[[AsyncSession, list[Msg]], Awaitable[None]]
+
+
+def idempotent_batch_handler(
+    database: Database, consumer: str, apply: BatchEffect, fallback: MessageHandler
+) -> BatchHandler:
+    """Build a bus batch handler that applies each fetched batch in one transaction: the ids of its messages not
+    yet in the inbox are recorded with one statement and those messages handed to ``apply`` (in order, a message
+    repeated within the batch once); then every message is acknowledged. If another replica recorded one of
+    them meanwhile (a unique violation), the batch is applied message by message through ``fallback`` (an
+    :func:`idempotent_handler`), which acknowledges each itself."""
+
+    async def handle(messages: list[Msg]) -> None:
+        ids = [message_id_of(message) for message in messages]
+        try:
+            async with database.transaction() as session:
+                seen: set[str] = set()
+                for start in range(0, len(ids), 500):
+                    found = await session.exec(
+                        select(col(InboxMessage.message_id)).where(
+                            col(InboxMessage.consumer) == consumer,
+                            col(InboxMessage.message_id).in_(ids[start : start + 500]),
+                        )
+                    )
+                    seen.update(found.all())
+                fresh: list[Msg] = []
+                rows = []
+                now = utcnow()
+                for message, message_id in zip(messages, ids, strict=True):
+                    if message_id in seen:
+                        continue
+                    seen.add(message_id)
+                    fresh.append(message)
+                    rows.append(
+                        {"consumer": consumer, "message_id": message_id, "subject": message.subject, "received_at": now}
+                    )
+                if rows:
+                    await session.exec(insert(InboxMessage).values(rows))
+                    await apply(session, fresh)
+        except IntegrityError:
+            log.debug("consumer %s: a batch overlapped another replica's; applying it message by message", consumer)
+            for message in messages:
+                await fallback(message)
+            return
+        for message in messages[:-1]:
+            await message.ack()  # queued on the connection, sent in order before the last one's
+        if messages:
+            await messages[-1].ack_sync()
 
     return handle

@@ -1,6 +1,8 @@
 """The national view's one consumer: ``national--flows`` on the hub's ``GREENMESH_NATIONAL_FLOWS`` (which
 ``greenmesh national sync`` declares, sourcing every province's flows stream), taking the events the dispatch
-statistics are made of, each applied once in its inbox transaction (services.national.projection)."""
+statistics are made of, each applied once (services.national.projection). Each fetched batch (up to 256) is one
+inbox transaction, with the batch's recorded events stored together: the hub carries every province's load, which
+one transaction per event could not keep up with (bench/national.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ from nats.js import JetStreamContext
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from greenmesh.flows.v1 import flows_pb2 as pb
-from meshkit.bus import ConsumerSpec
+from meshkit.bus import EVENT_TYPE_HEADER, ConsumerSpec
 from meshkit.config import Component
-from meshkit.inbox import decoded, idempotent_handler
+from meshkit.inbox import decoded, idempotent_batch_handler, idempotent_handler
 from meshkit.national import national_stream_name
 from meshkit.server import ServiceRuntime
 from meshkit.subjects import event_subject
@@ -78,12 +80,32 @@ def national_consumer(runtime: ServiceRuntime) -> ConsumerSpec:
         pb.AlertRaised.DESCRIPTOR.full_name: on_raised,
         pb.AlertStatusChanged.DESCRIPTOR.full_name: on_status,
     }
+
+    async def apply_batch(session: AsyncSession, messages: list[Msg]) -> None:
+        """In order; each run of FlowEventRecorded (nearly everything) is stored with a few statements."""
+        run: list[tuple[pb.FlowEventRecorded, str]] = []
+        for message in messages:
+            event_type = (message.headers or {}).get(EVENT_TYPE_HEADER, "")
+            if event_type == pb.FlowEventRecorded.DESCRIPTOR.full_name:
+                recorded = decoded(pb.FlowEventRecorded, message)
+                if recorded is not None:
+                    run.append((recorded, recorded.metadata.province_code or province_of(message.subject)))
+                continue
+            await projection.record_events(session, run)
+            run = []
+            effect = effects.get(event_type)
+            if effect is not None:
+                await effect(session, message)
+        await projection.record_events(session, run)
+
+    one_by_one = idempotent_handler(runtime.database, NATIONAL_CONSUMER, effects)
     return ConsumerSpec(
         durable=NATIONAL_CONSUMER,
         source=Component.FLOWS,
         filter_subjects=subjects(),
-        handler=idempotent_handler(runtime.database, NATIONAL_CONSUMER, effects),
+        handler=one_by_one,
         batch=256,
         stream=national_stream_name(Component.FLOWS),
         declare=require_national_stream,
+        batch_handler=idempotent_batch_handler(runtime.database, NATIONAL_CONSUMER, apply_batch, one_by_one),
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import select as core_select
@@ -54,39 +54,64 @@ def _time(stamp: Any) -> dt.datetime | None:
 
 async def record_event(session: AsyncSession, recorded: pb.FlowEventRecorded, province: str) -> bool:
     """Store a province's event and update its batteries' figures; False when the event id is already here."""
-    message = recorded.event
-    if not message.event_id or await store.event_row(session, message.event_id) is not None:
-        return False
-    event = stored_event_from_proto(message)
-    declared = await session.get(ErrorDeclarationRow, message.event_id) is not None
-    row = {
-        "event_id": message.event_id,
-        "event_hash": message.event_hash,
-        "biz_step": event.biz_step.value,
-        "event_time": event.event_time,
-        "record_time": _time(message.record_time) or event.event_time,
-        "reporter_id": message.reporter_id,
-        "facility_id": event.facility_id,
-        "facility_type": recorded.facility_type,
-        "county_code": message.county_code,
-        "source_facility_id": event.source_facility_id,
-        "destination_facility_id": event.destination_facility_id,
-        "collection_mode": event.collection_mode.value if event.collection_mode else "",
-        "outcome": _name(pb.EventOutcome, recorded.outcome, "EVENT_OUTCOME_"),
-        "battery_count": recorded.battery_count,
-        "mass_kg": recorded.mass_kg,
-        "late": recorded.late,
-        "declared": declared,
-        "hits_json": json.dumps([rule.rule_id for rule in recorded.rule_hits], separators=(",", ":")),
-        "payload": message.SerializeToString(deterministic=True),
-        "origin_province": province,
-        "at_listed_recycler": recorded.at_listed_recycler,
-    }
-    [seq] = await store.insert_events(session, [row])
-    keys = store.battery_keys_of(event)
-    await store.insert_rows(session, EventBatteryRow, [{"battery_key": key, "event_seq": seq} for key in keys])
-    await refresh_batteries(session, keys)
-    return True
+    return await record_events(session, [(recorded, province)]) == 1
+
+
+async def record_events(session: AsyncSession, items: Sequence[tuple[pb.FlowEventRecorded, str]]) -> int:
+    """Store provinces' events (each with the province that reported it) with their battery links, and update
+    their batteries' figures, with a few statements for the lot; returns how many were new (an event id already
+    here, or repeated in ``items``, is applied once)."""
+    fresh: dict[str, tuple[pb.FlowEventRecorded, str]] = {}
+    for recorded, province in items:
+        if recorded.event.event_id:
+            fresh.setdefault(recorded.event.event_id, (recorded, province))
+    if not fresh:
+        return 0
+    for known in await store.existing_hashes(session, list(fresh)):
+        del fresh[known]
+    if not fresh:
+        return 0
+    declared: set[str] = set()
+    for part in store.chunks(sorted(fresh)):
+        found = await session.exec(
+            select(ErrorDeclarationRow.event_id).where(col(ErrorDeclarationRow.event_id).in_(part))
+        )
+        declared.update(found.all())
+    rows, keys_of = [], []
+    for event_id, (recorded, province) in fresh.items():
+        message = recorded.event
+        event = stored_event_from_proto(message)
+        keys_of.append(store.battery_keys_of(event))
+        rows.append(
+            {
+                "event_id": event_id,
+                "event_hash": message.event_hash,
+                "biz_step": event.biz_step.value,
+                "event_time": event.event_time,
+                "record_time": _time(message.record_time) or event.event_time,
+                "reporter_id": message.reporter_id,
+                "facility_id": event.facility_id,
+                "facility_type": recorded.facility_type,
+                "county_code": message.county_code,
+                "source_facility_id": event.source_facility_id,
+                "destination_facility_id": event.destination_facility_id,
+                "collection_mode": event.collection_mode.value if event.collection_mode else "",
+                "outcome": _name(pb.EventOutcome, recorded.outcome, "EVENT_OUTCOME_"),
+                "battery_count": recorded.battery_count,
+                "mass_kg": recorded.mass_kg,
+                "late": recorded.late,
+                "declared": event_id in declared,
+                "hits_json": json.dumps([rule.rule_id for rule in recorded.rule_hits], separators=(",", ":")),
+                "payload": message.SerializeToString(deterministic=True),
+                "origin_province": province,
+                "at_listed_recycler": recorded.at_listed_recycler,
+            }
+        )
+    seqs = await store.insert_events(session, rows)
+    pairs = [(key, seq) for seq, keys in zip(seqs, keys_of, strict=True) for key in keys]
+    await store.insert_rows(session, EventBatteryRow, [{"battery_key": key, "event_seq": seq} for key, seq in pairs])
+    await refresh_batteries(session, sorted({key for key, _ in pairs}))
+    return len(rows)
 
 
 async def declare_error(session: AsyncSession, declared: pb.ErrorDeclared) -> bool:
