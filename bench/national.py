@@ -25,11 +25,11 @@ from typing import Any
 
 import nats
 from nats.js import api
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import BENCH_CALLER_KEY, Result, RunContext, log, ratio_of
-from bench.flows import migrate_flows
+from bench.flows import migrate_flows, raw_insert_rate
 from greenmesh.common.v1 import event_pb2
 from greenmesh.flows.v1 import flows_pb2 as pb
 from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, MSG_ID_HEADER, PROTOBUF_CONTENT_TYPE
@@ -219,26 +219,6 @@ def raw_plan(rows: dict[str, list[dict[str, Any]]]) -> list[list[tuple[Table, li
     return [[(table, batch[table.name]) for table in tables if batch[table.name]] for batch in plan]
 
 
-async def raw_rate(url: str, plan: Sequence[Sequence[tuple[Table, list[Any]]]], events: int) -> float:
-    await migrate_flows(url)
-    engine = build_engine(url)
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(select(1))
-        started = time.perf_counter()
-        for batch in plan:
-            async with engine.begin() as connection:
-                for table, rows in batch:
-                    await connection.execute(insert(table), rows)
-        elapsed = time.perf_counter() - started
-        stored = await _count(engine, _table(FlowEventRow))
-        if stored != events:
-            raise RuntimeError(f"raw insert: flow_event holds {stored} rows, planned {events}")
-    finally:
-        await engine.dispose()
-    return events / elapsed
-
-
 async def run(ctx: RunContext) -> None:
     events = 1_000 if ctx.quick else 8_000
     content = stream_content(events)
@@ -255,7 +235,7 @@ async def run(ctx: RunContext) -> None:
             finally:
                 server.stop()
             rows = await read_back(view_url)
-            raw = await raw_rate(f"sqlite+aiosqlite:///{root / 'raw.db'}", raw_plan(rows), len(content))
+            raw = await raw_insert_rate(f"sqlite+aiosqlite:///{root / 'raw.db'}", raw_plan(rows), len(content))
             return rate, raw
 
     runs = await ctx.measure_repeatedly(

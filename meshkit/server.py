@@ -263,7 +263,7 @@ class ServiceRuntime:
             await self.bus.stop_consumers()
         await cancel_and_wait(self._tasks, timeout=5.0)
         if self.definition.uses_bus:
-            if self.bus.connected:
+            if self.definition.publishes and self.bus.connected:
                 # Events committed by the last RPCs go out now rather than at the next start.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.relay.publish_pending(), timeout=5)

@@ -21,6 +21,8 @@ import pytest
 from greenmesh.flows.v1 import flows_pb2 as fpb
 from greenmesh.flows.v1 import flows_pb2_grpc
 from greenmesh.registry.v1 import registry_pb2 as rpb
+from meshkit.caller import Caller
+from meshkit.errors import field_violations
 from meshkit.server import ServiceRuntime
 from services.national.service import DEFINITION as NATIONAL
 from tests.conftest import RuntimeFactory, eventually
@@ -268,11 +270,27 @@ async def test_national_view_refuses_a_regulator_outside_the_division_and_bad_co
         await national.call("GetDispatchStatistics", request("00"), JIANGSU_REGULATOR)
     assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert (await national.call("GetDispatchStatistics", request("32"), JIANGSU_REGULATOR)).division_code == "32"
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await national.call("GetDispatchStatistics", request("00"), Caller())
+    assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as invalid:
         await national.call("GetDispatchStatistics", request("3"))
     assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(invalid.value)] == ["division_code"]
+    with pytest.raises(grpc.aio.AioRpcError) as bad_prefix:
+        await national.call("ListAlerts", fpb.ListAlertsRequest(division_prefix="3x"))
+    assert bad_prefix.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(bad_prefix.value)] == ["division_prefix"]
+    with pytest.raises(grpc.aio.AioRpcError) as outsider:
+        await national.call("ListAlerts", fpb.ListAlertsRequest(), outlet_like_caller())
+    assert outsider.value.code() is grpc.StatusCode.PERMISSION_DENIED
     # Reporting belongs to the provinces.
     with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
         await national.call("ReportEvent", fpb.ReportEventRequest())
     assert unimplemented.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert unimplemented.value.details() == "/greenmesh.flows.v1.FlowService/ReportEvent is not served here"
+
+
+def outlet_like_caller() -> Caller:
+    """An enterprise (no oversight role): it reports in its province and reads no national figures."""
+    return Caller(participant_id="0190a000-0000-7000-8000-00000000bbbb", roles=frozenset({"RECYCLING_OUTLET_OPERATOR"}))
