@@ -287,6 +287,8 @@ async def serve_runtime(
     if settle:
         settle_heap()
     if pid_file is not None:
+        # The data directory exists only if something wrote to it (not with OTEL_TRACES_EXPORTER=none).
+        await asyncio.to_thread(pid_file.parent.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(pid_file.write_text, str(os.getpid()), encoding="utf-8")
     print(f"READY {port}", flush=True)
     await stop.wait()

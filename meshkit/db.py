@@ -2,23 +2,35 @@
 
 Each service owns its own database. `Database` bundles the engine and a session factory; build one per
 service (never at import time) so tests can build as many as they need.
+
+`Database.read` is the fast path for a short read that answers one call (a battery's trace): on SQLite,
+aiosqlite sends every step of a statement (connect, execute, fetch, commit) through its own thread, each a
+round trip through the event loop, so one primary-key read costs ~0.8 ms of which SQLite's work is ~0.1 ms.
+`read` runs the whole read on a synchronous connection in one worker thread: one round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meshkit.config import normalise_database_url
+
+T = TypeVar("T")
+# Threads for Database.read on SQLite: reads in WAL mode run beside each other and beside the writer.
+READ_THREADS = 4
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -44,11 +56,37 @@ def build_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def build_sync_sqlite_engine(url: str, *, echo: bool = False) -> Engine | None:
+    """A synchronous (pysqlite) engine on the same SQLite file as `url`, with the same pragmas, for
+    `Database.read`; None for anything else (PostgreSQL, or an in-memory SQLite database, which another
+    connection would not see)."""
+    parsed = make_url(normalise_database_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    # Connections move between the read threads (one thread at a time): the pool hands each to one caller.
+    engine = create_engine(
+        parsed.set(drivername="sqlite+pysqlite"),
+        echo=echo,
+        connect_args={"check_same_thread": False},
+        pool_size=READ_THREADS,
+        max_overflow=0,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = normalise_database_url(url)
         self.engine = build_engine(self.url, echo=echo)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self.read_engine = build_sync_sqlite_engine(self.url, echo=echo)
+        self._read_threads: ThreadPoolExecutor | None = None
+
+    @property
+    def engines(self) -> list[Engine]:
+        """Every (synchronous) engine behind this database, for instrumentation."""
+        return [self.engine.sync_engine] + ([self.read_engine] if self.read_engine is not None else [])
 
     @property
     def dialect(self) -> str:
@@ -69,6 +107,28 @@ class Database:
         async with self._sessions() as session, session.begin():
             yield session
 
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` on a synchronous connection, for a short read-only use of Core statements.
+
+        SQLite (a file): in a worker thread on a pysqlite connection, so the whole read is one round trip
+        through the event loop; each statement sees the latest committed data (WAL: the writer does not block
+        it). PostgreSQL: on the async engine's connection via `run_sync` (asyncpg awaits in place, no threads).
+        Nothing is committed: `work` must not write."""
+        if self.read_engine is None:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(work)
+        if self._read_threads is None:
+            self._read_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="db-read")
+        engine = self.read_engine
+
+        def run() -> T:
+            with engine.connect() as connection:
+                return work(connection)
+
+        # The current span (and any other context) follows the read into its thread.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._read_threads, functools.partial(context.run, run))
+
     async def ping(self, timeout: float = 2.0) -> bool:
         try:
             with suppress_instrumentation():  # readiness pings are not worth a trace each
@@ -85,3 +145,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._read_threads is not None:
+            self._read_threads.shutdown(wait=True)
+            self._read_threads = None
+        if self.read_engine is not None:
+            self.read_engine.dispose()

@@ -162,7 +162,8 @@ class ServiceRuntime:
         )
         if definition.uses_database:
             self.database = Database(settings.database_url_for(self.component))
-            instrument_engine(self.database.engine, self.telemetry)
+            for engine in self.database.engines:
+                instrument_engine(engine, self.telemetry)
             if settings.migrate_on_start:
                 await migrate(self.database, definition.migrations)
         if definition.uses_bus:

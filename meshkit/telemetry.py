@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRACES_DIRNAME = "traces"
@@ -90,7 +91,7 @@ class Telemetry:
         self.provider.shutdown()
 
 
-def instrument_engine(engine: AsyncEngine, telemetry: Telemetry) -> None:
+def instrument_engine(engine: AsyncEngine | Engine, telemetry: Telemetry) -> None:
     """SQL spans for one engine with this component's provider (the instrumentor's global
     `instrument()` would patch `create_engine` process-wide and only once)."""
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
@@ -98,7 +99,9 @@ def instrument_engine(engine: AsyncEngine, telemetry: Telemetry) -> None:
 
     counter = get_meter("meshkit.db").create_up_down_counter("db.client.connections.usage")
     EngineTracer(  # type: ignore[no-untyped-call]
-        telemetry.tracer("opentelemetry.instrumentation.sqlalchemy"), engine.sync_engine, counter
+        telemetry.tracer("opentelemetry.instrumentation.sqlalchemy"),
+        engine.sync_engine if isinstance(engine, AsyncEngine) else engine,
+        counter,
     )
 
 

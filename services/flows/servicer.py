@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -278,9 +279,9 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             ) from error
         return pb.RegisterBatteryModelResponse(model=model_message(row))
 
-    async def _may_read(self, session: AsyncSession, caller: Caller, key: str, row: Any) -> bool:
-        """Whether the caller reads the battery's whole record (its trace, every event of it): operators every
-        battery of their region; an enterprise those it produced, holds or reported an event of."""
+    def _reads_whole_without_query(self, caller: Caller, row: Any) -> bool:
+        """The part of :meth:`_may_read` that needs no query: operators of the battery's region, its producer and
+        its holder."""
         if caller.is_platform_operator:
             return True
         if caller.is_regulator:
@@ -290,8 +291,14 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
             if not places or any(caller.supervises(p) for p in places):
                 return True
         participant = caller.participant_id or ""
-        if row is not None and participant and participant in (row.producer_id, row.holder_id):
+        return row is not None and bool(participant) and participant in (row.producer_id, row.holder_id)
+
+    async def _may_read(self, session: AsyncSession, caller: Caller, key: str, row: Any) -> bool:
+        """Whether the caller reads the battery's whole record (its trace, every event of it): operators every
+        battery of their region; an enterprise those it produced, holds or reported an event of."""
+        if self._reads_whole_without_query(caller, row):
             return True
+        participant = caller.participant_id or ""
         return bool(participant) and await store.has_reported_for(session, key, participant)
 
     async def _readable(self, session: AsyncSession, caller: Caller, key: str, row: Any) -> None:
@@ -318,15 +325,19 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         caller = caller_of(context)
         require_authenticated(caller)
         battery = battery_key(request.battery_ref)
-        async with self.database.session() as session:
-            # The battery's row comes with its history (one statement); a battery without events has none.
-            history = await store.battery_history(session, [battery.urn], with_batteries=True)
-            row = history.batteries.get(battery.urn)
-            if row is None:
-                row = await store.battery_row(session, battery.urn)
-            if row is None:
-                raise NotFound("battery", battery.urn)
-            await self._readable(session, caller, battery.urn, row)
+        key = battery.urn
+        # The battery's row comes with its history: one statement, in one thread hop on SQLite (Database.read).
+        history = await self.database.read(
+            functools.partial(store.read_battery_history, keys=[key], with_batteries=True)
+        )
+        row = history.batteries.get(key)
+        if row is None or not self._reads_whole_without_query(caller, row):
+            async with self.database.session() as session:
+                if row is None:  # a battery without events has no history
+                    row = await store.battery_row(session, key)
+                if row is None:
+                    raise NotFound("battery", key)
+                await self._readable(session, caller, key, row)
         return trace.battery_trace(history, self.directory, self.config, battery)
 
     async def GetBatteryStatus(
@@ -334,8 +345,8 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
     ) -> pb.GetBatteryStatusResponse:
         # Public: the caller is not read, so an authenticated caller gets exactly what an anonymous one gets.
         battery = battery_key(request.battery_ref)
-        async with self.database.session() as session:
-            row = await store.battery_row(session, battery.urn)  # one primary-key read
+        # One primary-key read, in one thread hop on SQLite (Database.read).
+        row = await self.database.read(functools.partial(store.read_battery_row, key=battery.urn))
         return public_view_to_proto(public_view(self._status_facts(row)))
 
     def _status_facts(self, row: BatteryRow | None) -> StatusFacts | None:

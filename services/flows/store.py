@@ -7,6 +7,7 @@ capture writes thousands of rows a second; the ORM unit of work would cost more 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -15,7 +16,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Table, and_, any_, bindparam, func, insert, or_, update
+from sqlalchemy import JSON, Connection, Table, and_, any_, bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
@@ -283,6 +284,12 @@ async def battery_row(session: AsyncSession, key: str) -> BatteryRow | None:
     return await session.get(BatteryRow, key)
 
 
+def read_battery_row(connection: Connection, key: str) -> BatteryRow | None:
+    """A battery's row as a plain Core row (the model's attribute names), for ``Database.read``."""
+    battery = table(BatteryRow)
+    return connection.execute(sa_select(battery).where(battery.c.battery_key == key)).first()  # type: ignore[return-value]
+
+
 # ---- shipments and ledgers ----------------------------------------------------------------------
 
 
@@ -443,23 +450,28 @@ def _history_query(with_batteries: bool) -> Any:
 async def battery_history(
     session: AsyncSession, keys: Collection[str], *, with_batteries: bool = False
 ) -> BatteryHistory:
+    """The history of these batteries inside the session's transaction (:func:`read_battery_history`); what the
+    session has added but not flushed is flushed first, since Core statements do not autoflush."""
+    await session.flush()
+    connection = await session.connection()
+    return await connection.run_sync(read_battery_history, keys, with_batteries)
+
+
+def read_battery_history(connection: Connection, keys: Collection[str], with_batteries: bool = False) -> BatteryHistory:
     """The history of these batteries in one statement per chunk of keys (:func:`_history_query`); only
-    batteries with releases cost a second one. On SQLite every statement is several thread round trips, which
-    cost more than the reads themselves."""
-    await session.flush()  # Core statements do not autoflush; callers read what they just added
-    columns = table(BatteryRow).c
+    batteries with releases cost a second one. Synchronous, so that ``Database.read`` runs it whole in one
+    thread on SQLite, where every statement through aiosqlite is several thread round trips."""
     rows: dict[int, Any] = {}
     with_releases: set[str] = set()
     history = BatteryHistory()
     for part in chunks(sorted(keys)):
-        result = await execute(session, _history_query(with_batteries), {"keys": list(part)})
-        for row in result.all():
+        for row in connection.execute(_history_query(with_batteries), {"keys": list(part)}):
             rows[row.seq] = row
             if row.release_count:
                 with_releases.add(row.link_battery_key)
             if with_batteries and row.battery_battery_key is not None and row.link_battery_key not in history.batteries:
-                values = {c.name: getattr(row, f"battery_{c.name}") for c in columns}
-                history.batteries[row.link_battery_key] = BatteryRow(**values)
+                # A plain record with the model's attribute names (as battery_rows returns), not an ORM instance.
+                history.batteries[row.link_battery_key] = _battery_record()(*(row[i] for i in _battery_indexes(row)))
     declarations: list[tuple[dt.datetime, FlowEvent, ErrorDeclarationRow]] = []
     for seq in sorted(rows):
         row = rows[seq]
@@ -480,15 +492,29 @@ async def battery_history(
             declarations.append((to_utc(declaration.declaration_time), event, declaration))
     for _, event, declaration in sorted(declarations, key=lambda item: item[0]):
         history.events.append(declare_error(event, declaration_of(declaration)))
+    release = table(QuarantineReleaseRow)
     for part in chunks(sorted(with_releases)):
-        releases = await session.exec(
-            select(QuarantineReleaseRow).where(col(QuarantineReleaseRow.battery_key).in_(part))
-        )
+        found = connection.execute(sa_select(release).where(release.c.battery_key.in_(part)))
         history.releases += [
-            QuarantineRelease(parse_urn(r.battery_key), to_utc(r.released_at), r.released_by, r.note)
-            for r in releases.all()
+            QuarantineRelease(parse_urn(r.battery_key), to_utc(r.released_at), r.released_by, r.note) for r in found
         ]
     return history
+
+
+@functools.lru_cache(maxsize=1)
+def _battery_record() -> Any:
+    """A named tuple with battery's column names, the type of read_battery_history's battery rows."""
+    return collections.namedtuple("BatteryRecord", [c.name for c in table(BatteryRow).c])
+
+
+def _battery_indexes(row: Any) -> list[int]:
+    """Where the battery's columns (labelled battery_<name>) sit in a history row, in the table's order."""
+    return _battery_indexes_of(tuple(row._fields))
+
+
+@functools.lru_cache(maxsize=4)
+def _battery_indexes_of(fields: tuple[str, ...]) -> list[int]:
+    return [fields.index(f"battery_{c.name}") for c in table(BatteryRow).c]
 
 
 async def has_reported_for(session: AsyncSession, key: str, reporter_id: str) -> bool:

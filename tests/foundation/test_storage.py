@@ -1,12 +1,17 @@
-"""Migrations and the shared tables on SQLite and on a real PostgreSQL."""
+"""Migrations, the shared tables and `Database.read` on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import inspect
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -15,6 +20,7 @@ from meshkit.db import Database
 from meshkit.migrate import migrate
 from meshkit.outbox import append_event
 from meshkit.tables import InboxMessage, OutboxEvent
+from meshkit.telemetry import Telemetry, instrument_engine
 from services.registry.service import MIGRATIONS as REGISTRY_MIGRATIONS
 
 
@@ -56,3 +62,62 @@ async def test_inbox_key_is_unique_per_consumer(database: Database) -> None:
     with pytest.raises(IntegrityError):
         async with database.transaction() as session:
             session.add(InboxMessage(consumer="flows--registry", message_id="m1", subject="s", received_at=now))
+
+
+def _message_ids(connection: Connection) -> list[str]:
+    inbox = InboxMessage.__table__  # type: ignore[attr-defined]
+    return [row.message_id for row in connection.execute(sa_select(inbox.c.message_id).order_by(inbox.c.message_id))]
+
+
+async def test_read_sees_what_is_committed_and_nothing_else(database: Database) -> None:
+    """Database.read (the fast path for a call's read) sees committed rows, not a transaction still open."""
+    now = datetime.now(UTC)
+    async with database.transaction() as session:
+        session.add(InboxMessage(consumer="c", message_id="committed", subject="s", received_at=now))
+    async with database.transaction() as session:
+        session.add(InboxMessage(consumer="c", message_id="pending", subject="s", received_at=now))
+        await session.flush()  # written inside the open transaction
+        assert await database.read(_message_ids) == ["committed"]
+    assert await database.read(_message_ids) == ["committed", "pending"]
+
+
+async def test_read_on_a_sqlite_file_runs_in_one_read_thread_and_on_postgres_in_the_loop(database: Database) -> None:
+    def where(connection: Connection) -> tuple[str, int]:
+        connection.execute(text("SELECT 1"))
+        connection.execute(text("SELECT 2"))  # a second statement: still the same thread
+        return threading.current_thread().name, threading.get_ident()
+
+    name, ident = await database.read(where)
+    if database.is_postgres:
+        # asyncpg needs no thread: run_sync's statements await on the event loop's thread.
+        assert ident == threading.get_ident()
+        assert database.read_engine is None
+    else:
+        assert name.startswith("db-read") and ident != threading.get_ident()
+        assert database.read_engine is not None and str(database.read_engine.url).startswith("sqlite+pysqlite")
+
+
+async def test_read_on_an_in_memory_sqlite_database_uses_its_own_connection() -> None:
+    """Another connection would open another (empty) in-memory database, so `read` takes the async engine's."""
+    db = Database("sqlite+aiosqlite:///:memory:")
+    try:
+        assert db.read_engine is None and len(db.engines) == 1
+        assert await db.read(lambda connection: connection.execute(text("SELECT 41 + 1")).scalar_one()) == 42
+    finally:
+        await db.dispose()
+
+
+async def test_a_reads_sql_span_is_a_child_of_the_callers_span(database: Database) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(provider=provider, component="test")
+    for engine in database.engines:
+        instrument_engine(engine, telemetry)
+    with provider.get_tracer("test").start_as_current_span("the call") as call:
+        await database.read(_message_ids)
+    spans = exporter.get_finished_spans()
+    sql = [s for s in spans if s.name != "the call" and s.attributes and "db.statement" in s.attributes]
+    assert sql, [s.name for s in spans]
+    assert all(s.parent is not None and s.parent.span_id == call.get_span_context().span_id for s in sql)
+    assert "inbox_message" in str((sql[-1].attributes or {})["db.statement"])
