@@ -97,6 +97,8 @@ class Judged:
     # Of those, the ones shipped from another province (imported here): shipment event id -> origin province.
     answered_transfers: dict[str, str] = field(default_factory=dict)
     replay_keys: list[str] = field(default_factory=list)  # batteries this event reached out of order
+    # Each battery's state after this event, as judged here (its event_battery link keeps it for the trace).
+    states_after: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     message: pb.FlowEvent | None = None  # the stored form, built once for the row and the outbox
 
@@ -224,6 +226,7 @@ class Capture:
             if needs_replay(state, event):
                 j.replay_keys.append(battery.urn)
             self.states[battery.urn] = advance(state, event, self.directory, j.hits)
+            j.states_after[battery.urn] = self.states[battery.urn].state.value
             self.facts[battery.urn] = self.next_facts(battery.urn, state, self.states[battery.urn], event, j)
 
     def state(self, battery: BatteryId) -> BatteryState:
@@ -294,7 +297,10 @@ class Capture:
         for j in stored:
             event = j.event
             assert event is not None
-            links += [{"battery_key": key, "event_seq": j.seq} for key in store.battery_keys_of(event)]
+            links += [
+                {"battery_key": key, "event_seq": j.seq, "state_after": j.states_after.get(key)}
+                for key in store.battery_keys_of(event)
+            ]
             if event.biz_step is BizStep.SHIPPING:
                 destination = transfer_destination(event, self.directory, self.settings.province)
                 if destination:

@@ -327,10 +327,8 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         battery = battery_key(request.battery_ref)
         key = battery.urn
         # The battery's row comes with its history: one statement, in one thread hop on SQLite (Database.read).
-        history = await self.database.read(
-            functools.partial(store.read_battery_history, keys=[key], with_batteries=True)
-        )
-        row = history.batteries.get(key)
+        source = await self.database.read(functools.partial(store.read_trace_source, key=key))
+        row = source.battery
         if row is None or not self._reads_whole_without_query(caller, row):
             async with self.database.session() as session:
                 if row is None:  # a battery without events has no history
@@ -338,7 +336,10 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
                 if row is None:
                     raise NotFound("battery", key)
                 await self._readable(session, caller, key, row)
-        return trace.battery_trace(history, self.directory, self.config, battery)
+        if source.recorded is not None:
+            return trace.recorded_trace(source.recorded, row, self.directory, battery)
+        assert source.history is not None
+        return trace.battery_trace(source.history, self.directory, self.config, battery)
 
     async def GetBatteryStatus(
         self, request: pb.GetBatteryStatusRequest, context: Context

@@ -436,6 +436,9 @@ def _history_query(with_batteries: bool) -> Any:
         released.label("release_count"),
         *(flow_event.c[name] for name in ("seq", "event_id", "event_hash", "outcome", "county_code")),
         *(flow_event.c[name] for name in ("facility_type", "declared", "hits_json", "payload", "origin_province")),
+        flow_event.c.event_time,
+        flow_event.c.record_time,
+        link.c.state_after.label("link_state_after"),
         *(declared.c[name].label(f"declaration_{name}") for name in DECLARATION_COLUMNS),
     ]
     joined = link.join(flow_event, flow_event.c.seq == link.c.event_seq).outerjoin(
@@ -461,30 +464,44 @@ def read_battery_history(connection: Connection, keys: Collection[str], with_bat
     """The history of these batteries in one statement per chunk of keys (:func:`_history_query`); only
     batteries with releases cost a second one. Synchronous, so that ``Database.read`` runs it whole in one
     thread on SQLite, where every statement through aiosqlite is several thread round trips."""
-    rows: dict[int, Any] = {}
-    with_releases: set[str] = set()
-    history = BatteryHistory()
+    return _history_from_rows(connection, _read_history_rows(connection, keys, with_batteries))
+
+
+@dataclass
+class _HistoryRows:
+    """battery_history's rows before any event is parsed: by seq, the batteries with releases, the battery rows."""
+
+    rows: dict[int, Any] = field(default_factory=dict)
+    with_releases: set[str] = field(default_factory=set)
+    batteries: dict[str, BatteryRow] = field(default_factory=dict)
+
+
+def _read_history_rows(connection: Connection, keys: Collection[str], with_batteries: bool) -> _HistoryRows:
+    found = _HistoryRows()
     for part in chunks(sorted(keys)):
         for row in connection.execute(_history_query(with_batteries), {"keys": list(part)}):
-            rows[row.seq] = row
+            found.rows[row.seq] = row
             if row.release_count:
-                with_releases.add(row.link_battery_key)
-            if with_batteries and row.battery_battery_key is not None and row.link_battery_key not in history.batteries:
+                found.with_releases.add(row.link_battery_key)
+            if with_batteries and row.battery_battery_key is not None and row.link_battery_key not in found.batteries:
                 # A plain record with the model's attribute names (as battery_rows returns), not an ORM instance.
-                history.batteries[row.link_battery_key] = _battery_record()(*(row[i] for i in _battery_indexes(row)))
+                found.batteries[row.link_battery_key] = _battery_record()(*(row[i] for i in _battery_indexes(row)))
+    return found
+
+
+def _history_from_rows(connection: Connection, found: _HistoryRows) -> BatteryHistory:
+    history = BatteryHistory(batteries=found.batteries)
     declarations: list[tuple[dt.datetime, FlowEvent, ErrorDeclarationRow]] = []
-    for seq in sorted(rows):
-        row = rows[seq]
-        message = pb.FlowEvent.FromString(row.payload)
-        event = stored_event_from_proto(message)
+    for seq in sorted(found.rows):
+        row = found.rows[seq]
+        stored = _stored_of(row)
+        event = stored_event_from_proto(stored.message)
         history.events.append(event)
         history.recorded_hits[event.event_id] = hits_from_json(row.hits_json)
         history.seq_of[event.event_id] = seq
         if row.origin_province:
             history.imported[event.event_id] = row.origin_province
-        history.rows[event.event_id] = StoredEvent(
-            seq, row.event_id, row.event_hash, row.outcome, row.county_code, row.facility_type, message
-        )
+        history.rows[event.event_id] = stored
         if row.declared and row.declaration_event_id is not None:
             declaration = ErrorDeclarationRow(
                 **{name: getattr(row, f"declaration_{name}") for name in DECLARATION_COLUMNS}
@@ -493,12 +510,72 @@ def read_battery_history(connection: Connection, keys: Collection[str], with_bat
     for _, event, declaration in sorted(declarations, key=lambda item: item[0]):
         history.events.append(declare_error(event, declaration_of(declaration)))
     release = table(QuarantineReleaseRow)
-    for part in chunks(sorted(with_releases)):
-        found = connection.execute(sa_select(release).where(release.c.battery_key.in_(part)))
+    for part in chunks(sorted(found.with_releases)):
+        released = connection.execute(sa_select(release).where(release.c.battery_key.in_(part)))
         history.releases += [
-            QuarantineRelease(parse_urn(r.battery_key), to_utc(r.released_at), r.released_by, r.note) for r in found
+            QuarantineRelease(parse_urn(r.battery_key), to_utc(r.released_at), r.released_by, r.note) for r in released
         ]
     return history
+
+
+def _stored_of(row: Any) -> StoredEvent:
+    message = pb.FlowEvent.FromString(row.payload)
+    return StoredEvent(row.seq, row.event_id, row.event_hash, row.outcome, row.county_code, row.facility_type, message)
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    """One event of a battery as its capture recorded it: the stored event, the battery's state after it, the
+    event's rule hits."""
+
+    stored: StoredEvent
+    state_after: CustodyState
+    hits: list[RuleHit]
+
+
+@dataclass
+class TraceSource:
+    """What one battery's trace is built from (:func:`read_trace_source`): its row, and either the steps its
+    capture recorded (``recorded``) or the history to replay (``history``)."""
+
+    battery: BatteryRow | None
+    recorded: list[RecordedStep] | None = None
+    history: BatteryHistory | None = None
+
+
+def read_trace_source(connection: Connection, key: str) -> TraceSource:
+    """A battery's row and history in one statement; when the recorded steps are the whole story
+    (:func:`_recorded_steps_suffice`) the events are not turned into domain events, since nothing will replay
+    them. For ``Database.read``."""
+    found = _read_history_rows(connection, [key], with_batteries=True)
+    battery = found.batteries.get(key)
+    if battery is None or not _recorded_steps_suffice(found, battery):
+        return TraceSource(battery, history=_history_from_rows(connection, found))
+    steps = [
+        RecordedStep(_stored_of(row), CustodyState(row.link_state_after), hits_from_json(row.hits_json))
+        for row in (found.rows[seq] for seq in sorted(found.rows))
+    ]
+    return TraceSource(battery, recorded=steps)
+
+
+def _recorded_steps_suffice(found: _HistoryRows, battery: BatteryRow) -> bool:
+    """Whether a replay would only repeat the capture: no event declared in error, no release, no event imported
+    from another province (judged there), every link with the state its capture judged, the events captured in
+    the order a replay applies them (event time, then record time: a late event was re-judged by a recompute),
+    and the battery's stored state the last step's (nothing recomputed it since)."""
+    if not found.rows or found.with_releases:
+        return False
+    previous: tuple[dt.datetime, dt.datetime] | None = None
+    last = None
+    for seq in sorted(found.rows):
+        row = found.rows[seq]
+        if row.declared or row.origin_province or row.link_state_after is None:
+            return False
+        moment = (to_utc(row.event_time), to_utc(row.record_time))
+        if previous is not None and moment < previous:
+            return False
+        previous, last = moment, row
+    return last is not None and last.link_state_after == battery.state
 
 
 @functools.lru_cache(maxsize=1)

@@ -85,6 +85,11 @@ class EventBatteryRow(SQLModel, table=True):
 
     battery_key: str = Field(primary_key=True, max_length=BATTERY_KEY_LENGTH)
     event_seq: int = Field(sa_column=Column("event_seq", BigInteger(), primary_key=True))
+    # The battery's state after this event as the capture judged it (a CustodyState value). A trace whose events
+    # were captured in order, with nothing declared, released or imported, reads its steps from here instead of
+    # replaying them (services.flows.trace). NULL where something else wrote the link: an import from another
+    # province, the national view, links captured before flows_0005.
+    state_after: str | None = Field(default=None, max_length=24)
 
 
 class BatteryRow(SQLModel, table=True):

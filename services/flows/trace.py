@@ -15,6 +15,12 @@ the history:
 
 Releases apply at their times in both cases (rules never read quarantine causes, so they do not change hits).
 Each step's event is the stored message (what ``QueryEvents`` returns) with the step's rule hits.
+
+In the common case the capture already did the replay's work, and recorded it: each ``event_battery`` link keeps
+the battery's state after the event. When nothing since can have changed what the capture judged (no declaration,
+release or import, events captured in the order a replay applies them, the stored state the last step's),
+:func:`recorded_trace` builds the same trace from those states, without replaying (``store.read_trace_source``
+decides); otherwise :func:`battery_trace` replays as described above.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from greenmesh.flows.v1 import flows_pb2 as pb
 from services.flows.domain import (
     BatteryId,
     BatteryState,
+    CustodyState,
     Directory,
     FlowEvent,
     Judge,
@@ -37,7 +44,8 @@ from services.flows.domain import (
 from services.flows.domain.custody import effective_order
 from services.flows.domain.transfers import sparing_imported
 from services.flows.mapping import custody_state_to_proto, hit_to_proto, state_to_proto
-from services.flows.store import BatteryHistory
+from services.flows.store import BatteryHistory, RecordedStep, StoredEvent, state_of
+from services.flows.tables import BatteryRow
 
 
 def needs_rejudging(events: Sequence[FlowEvent]) -> bool:
@@ -73,24 +81,65 @@ def trace_judge(history: BatteryHistory, config: RuleConfig) -> Judge:
 def battery_trace(
     history: BatteryHistory, directory: Directory, config: RuleConfig, battery: BatteryId
 ) -> pb.GetBatteryTraceResponse:
-    """The trace of ``battery`` from its history (``store.battery_history``)."""
+    """The trace of ``battery`` from its history (``store.battery_history``), replayed."""
     result = replay(history.events, directory, judge=trace_judge(history, config), releases=history.releases)
     state = result.state(battery)
     response = pb.GetBatteryTraceResponse(state=state_to_proto(state), reached_compliant_channel=state.reached_recycler)
     for step in result.trail_of(battery):
-        stored = history.rows[step.event.event_id]
-        hits = [hit_to_proto(hit) for hit in step.hits]
-        line = response.steps.add(
-            state_before=custody_state_to_proto(step.state_before),
-            state_after=custody_state_to_proto(step.state_after),
-            county_code=stored.county_code or step.county_code,
-            facility_type=stored.facility_type or step.facility_type,
-            rule_hits=hits,
+        _add_step(
+            response,
+            history.rows[step.event.event_id],
+            step.state_before,
+            step.state_after,
+            step.hits,
+            (step.county_code, step.facility_type),
             declared_in_error=step.declared_in_error,
         )
-        line.event.CopyFrom(stored.message)
-        line.event.event_hash = stored.event_hash
-        line.event.outcome = pb.EventOutcome.Value(f"EVENT_OUTCOME_{stored.outcome}")
-        line.event.county_code = stored.county_code
-        line.event.rule_hits.extend(hits)
     return response
+
+
+def recorded_trace(
+    steps: Sequence[RecordedStep], row: BatteryRow, directory: Directory, battery: BatteryId
+) -> pb.GetBatteryTraceResponse:
+    """The trace of ``battery`` from the steps its capture recorded (``store.read_trace_source`` gives them only
+    when a replay would repeat the capture): each step's state after is the link's, its state before the previous
+    step's, its hits those of the event that concern the battery, and the state the battery's stored one. The
+    same answer as :func:`battery_trace` without turning the events into domain events or replaying them."""
+    state = state_of(row, None)  # the open shipment is not part of the reply
+    response = pb.GetBatteryTraceResponse(state=state_to_proto(state), reached_compliant_channel=state.reached_recycler)
+    before = BatteryState(battery).state
+    for step in steps:
+        facility = directory.facility(step.stored.message.facility_id)
+        found = (facility.county_code, facility.facility_type) if facility else ("", "")
+        hits = [hit for hit in step.hits if hit.concerns(battery)]
+        _add_step(response, step.stored, before, step.state_after, hits, found, declared_in_error=False)
+        before = step.state_after
+    return response
+
+
+def _add_step(
+    response: pb.GetBatteryTraceResponse,
+    stored: StoredEvent,
+    state_before: CustodyState,
+    state_after: CustodyState,
+    hits: Sequence[RuleHit],
+    directory_place: tuple[str, str],
+    *,
+    declared_in_error: bool,
+) -> None:
+    """One step: the stored message with its hash, outcome, county and this battery's hits; the place as stored at
+    capture, else as the directory has it now (``directory_place``: county code, facility type)."""
+    shown = [hit_to_proto(hit) for hit in hits]
+    line = response.steps.add(
+        state_before=custody_state_to_proto(state_before),
+        state_after=custody_state_to_proto(state_after),
+        county_code=stored.county_code or directory_place[0],
+        facility_type=stored.facility_type or directory_place[1],
+        rule_hits=shown,
+        declared_in_error=declared_in_error,
+    )
+    line.event.CopyFrom(stored.message)
+    line.event.event_hash = stored.event_hash
+    line.event.outcome = pb.EventOutcome.Value(f"EVENT_OUTCOME_{stored.outcome}")
+    line.event.county_code = stored.county_code
+    line.event.rule_hits.extend(shown)

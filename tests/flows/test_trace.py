@@ -1,12 +1,15 @@
 """A battery's trace (services/flows/trace.py): which rule hits each step shows, and that the trace served over
-gRPC is the replay of the battery's stored history (one statement: store.battery_history)."""
+gRPC is the replay of the battery's stored history (one statement: store.battery_history), whether it was
+replayed or read from the states its capture recorded (store.read_trace_source)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import grpc
 import pytest
+from sqlalchemy import update
 
 from greenmesh.flows.v1 import flows_pb2 as fpb
 from services.flows import store
@@ -26,9 +29,11 @@ from services.flows.domain import (
 )
 from services.flows.domain.rules import RULES_BY_ID
 from services.flows.mapping import battery_ref_from_proto, custody_state_to_proto, event_to_proto
+from services.flows.tables import EventBatteryRow
 from services.flows.trace import battery_trace, needs_rejudging
 from tests.flows.conftest import Flows, Network, event
 from tests.flows.test_flows_domain import B1, DIRECTORY, NOW, at_sorting, capture, collected, ev, happy_path
+from tests.flows.test_flows_e2e import whole_life
 from tests.flows.test_flows_reporting import at
 from tests.flows.test_flows_reporting import collected as collected_over_grpc
 from tests.registry.conftest import JIANGSU_REGULATOR
@@ -245,3 +250,98 @@ async def test_the_trace_of_an_unknown_battery_is_not_found(flows: Flows, networ
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await flows.call("GetBatteryTrace", fpb.GetBatteryTraceRequest(battery_ref=network.serial()))
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def replayed(flows: Flows, battery: BatteryId) -> fpb.GetBatteryTraceResponse:
+    """The trace by replaying the battery's stored history (what GetBatteryTrace answers when it cannot read
+    the recorded steps)."""
+    async with flows.runtime.database.session() as session:
+        history = await store.battery_history(session, [battery.urn])
+    return battery_trace(history, flows.directory, CONFIG, battery)
+
+
+async def source_of(flows: Flows, battery: BatteryId) -> store.TraceSource:
+    return await flows.runtime.database.read(functools.partial(store.read_trace_source, key=battery.urn))
+
+
+def key_of(ref: fpb.BatteryRef) -> BatteryId:
+    battery, _ = battery_ref_from_proto(ref, "battery_ref")
+    assert battery is not None
+    return battery
+
+
+async def test_a_trace_captured_in_order_is_read_from_its_recorded_steps_and_equals_the_replay(
+    flows: Flows, network: Network
+) -> None:
+    n = network
+    whole, quarantined, first, second = n.serial(), n.serial(), n.serial(), n.serial()
+    for message, reporter in whole_life(n, whole):
+        assert (await flows.report(message, reporter.caller)).outcome == fpb.EVENT_OUTCOME_ACCEPTED  # type: ignore[attr-defined]
+    # Quarantined by FLOW-004 (the storage point ships what the outlet holds), never released.
+    await collected_over_grpc(flows, n, quarantined)
+    conflict = event(fpb.BIZ_STEP_SHIPPING, n.storage, [quarantined], at(1), destination_facility_id=n.sorter.site)
+    assert (await flows.report(conflict, n.storage.caller)).outcome == fpb.EVENT_OUTCOME_QUARANTINED
+    # Two batteries travelling together: one shipment and one receipt each hold both.
+    await collected_over_grpc(flows, n, first)
+    await collected_over_grpc(flows, n, second)
+    shipped = event(fpb.BIZ_STEP_SHIPPING, n.outlet, [first, second], at(1), destination_facility_id=n.storage.site)
+    assert (await flows.report(shipped, n.outlet.caller)).outcome == fpb.EVENT_OUTCOME_ACCEPTED
+    received = event(fpb.BIZ_STEP_RECEIVING, n.storage, [first, second], at(2), source_facility_id=n.outlet.site)
+    assert (await flows.report(received, n.storage.caller)).outcome == fpb.EVENT_OUTCOME_ACCEPTED
+
+    for ref, steps, final in (
+        (whole, 16, CustodyState.RECYCLED),
+        (quarantined, 4, CustodyState.QUARANTINED),
+        (first, 5, CustodyState.IN_TEMP_STORAGE),
+        (second, 5, CustodyState.IN_TEMP_STORAGE),
+    ):
+        battery = key_of(ref)
+        source = await source_of(flows, battery)
+        assert source.recorded is not None and source.history is None, battery.urn
+        assert len(source.recorded) == steps and source.recorded[-1].state_after is final
+        served = await flows.call("GetBatteryTrace", fpb.GetBatteryTraceRequest(battery_ref=ref), JIANGSU_REGULATOR)
+        assert served == await replayed(flows, battery), battery.urn  # every field of every step, and the state
+        assert served.state.state == custody_state_to_proto(final)
+    conflict_step = next(
+        s for s in (await replayed(flows, key_of(quarantined))).steps if s.event.event_id == conflict.event_id
+    )
+    assert [h.rule_id for h in conflict_step.rule_hits] == ["FLOW-004-CUSTODY-CONFLICT"]
+
+
+async def test_a_trace_is_replayed_when_the_recorded_steps_are_not_the_whole_story(
+    flows: Flows, network: Network
+) -> None:
+    n = network
+    late, declared, released, unrecorded = n.serial(), n.serial(), n.serial(), n.serial()
+    for ref in (late, declared, released, unrecorded):
+        await collected_over_grpc(flows, n, ref)
+    # A late event: the capture re-judged the battery (a recompute), so the links' states are not the trail.
+    await flows.report(event(fpb.BIZ_STEP_DISCHARGING, n.outlet, [late], at(4.5)), n.outlet.caller)
+    await flows.report(event(fpb.BIZ_STEP_SORTING, n.outlet, [late], at(3.5)), n.outlet.caller)
+    # An event declared in error.
+    wrong = event(fpb.BIZ_STEP_SORTING, n.outlet, [declared], at(1))
+    await flows.report(wrong, n.outlet.caller)
+    declare = fpb.DeclareErrorRequest(event_id=wrong.event_id, reason=fpb.ERROR_REASON_DID_NOT_OCCUR)
+    await flows.call("DeclareError", declare, n.outlet.caller)
+    # A quarantine released by the regulator.
+    conflict = event(fpb.BIZ_STEP_SHIPPING, n.storage, [released], at(1), destination_facility_id=n.sorter.site)
+    assert (await flows.report(conflict, n.storage.caller)).outcome == fpb.EVENT_OUTCOME_QUARANTINED
+    release = fpb.ReleaseQuarantineRequest(battery_ref=released, note="handed over on paper")
+    await flows.call("ReleaseQuarantine", release, JIANGSU_REGULATOR)
+    # Links written without a state (as before flows_0005, or by an import from another province).
+    link = EventBatteryRow.__table__  # type: ignore[attr-defined]
+    async with flows.runtime.database.engine.begin() as connection:
+        await connection.execute(
+            update(link).where(link.c.battery_key == key_of(unrecorded).urn).values(state_after=None)
+        )
+
+    for ref in (late, declared, released, unrecorded):
+        battery = key_of(ref)
+        source = await source_of(flows, battery)
+        assert source.recorded is None and source.history is not None, battery.urn
+        served = await flows.call("GetBatteryTrace", fpb.GetBatteryTraceRequest(battery_ref=ref), JIANGSU_REGULATOR)
+        assert served == await replayed(flows, battery), battery.urn
+    # The unrecorded battery's trace is the same as when its links had their states.
+    assert [s.state_after for s in served.steps] == [
+        custody_state_to_proto(s) for s in (CustodyState.REGISTERED, CustodyState.IN_USE, CustodyState.COLLECTED)
+    ]
