@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -121,3 +122,14 @@ async def test_a_reads_sql_span_is_a_child_of_the_callers_span(database: Databas
     assert sql, [s.name for s in spans]
     assert all(s.parent is not None and s.parent.span_id == call.get_span_context().span_id for s in sql)
     assert "inbox_message" in str((sql[-1].attributes or {})["db.statement"])
+
+
+async def test_reads_on_a_sqlite_file_map_it_and_the_writer_does_not(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'mapped.db'}")
+    try:
+        mapped = await db.read(lambda connection: connection.execute(text("PRAGMA mmap_size")).scalar_one())
+        assert mapped > 0
+        async with db.engine.connect() as connection:
+            assert (await connection.execute(text("PRAGMA mmap_size"))).scalar_one() == 0
+    finally:
+        await db.dispose()
