@@ -97,6 +97,7 @@ BENCHES: tuple[str, ...] = (
     "flows.batch_ingest_postgresql",
     "flows.unary_report",
     "flows.trace_p99",
+    "flows.trace_server_cpu_ms",
     "flows.dispatch_statistics",
     "flows.peak_memory",
 )
@@ -106,6 +107,7 @@ REPORT_EVENTS_METHOD = f"{SERVICE}/ReportEvents"
 REPORT_EVENT_METHOD = f"{SERVICE}/ReportEvent"
 TRACE_METHOD = f"{SERVICE}/GetBatteryTrace"
 STATISTICS_METHOD = f"{SERVICE}/GetDispatchStatistics"
+LIST_RULES_METHOD = f"{SERVICE}/ListRules"
 
 PROVINCE = "32"
 # 玄武, 秦淮, 建邺, 鼓楼 (Nanjing), 滨湖 (Wuxi), 姑苏 (Suzhou).
@@ -615,6 +617,13 @@ async def _directory_loaded(stub: flows_pb2_grpc.FlowServiceAsyncStub, reporter:
                 raise
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB, from /proc."""
     found = {}
@@ -869,7 +878,9 @@ def load_size(ctx: RunContext, sizes: Sizes) -> int:
 async def run(ctx: RunContext) -> None:
     sizes = QUICK if ctx.quick else FULL
     want = {name: ctx.selected(name) for name in BENCHES}
-    want_load = want["flows.trace_p99"] or want["flows.dispatch_statistics"] or want["flows.peak_memory"]
+    # The traces' latency and their CPU are measured in the same calls.
+    traces = want["flows.trace_p99"] or want["flows.trace_server_cpu_ms"]
+    want_load = traces or want["flows.dispatch_statistics"] or want["flows.peak_memory"]
 
     started = time.perf_counter()
     points = await asyncio.to_thread(county_points)
@@ -1196,7 +1207,7 @@ async def _loaded(setting: Setting, want: dict[str, bool]) -> None:
                     ratio=ratio_of(memory["VmHWM"], idle),
                 )
             )
-        if want["flows.trace_p99"] or want["flows.dispatch_statistics"]:
+        if want["flows.trace_p99"] or want["flows.trace_server_cpu_ms"] or want["flows.dispatch_statistics"]:
             await _queries(setting, flows, batteries, stored, now, want)
 
 
@@ -1223,7 +1234,7 @@ async def _queries(
     best = min(runs, key=lambda samples: percentile(samples, 50))
     bare_p50, bare_p99 = percentile(best, 50) * 1000, percentile(best, 99) * 1000
 
-    if want["flows.trace_p99"]:
+    if want["flows.trace_p99"] or want["flows.trace_server_cpu_ms"]:
         rng = random.Random(99)
         metadata = signed_metadata(JIANGSU_REGULATOR)
         whole = next(ref for ref, full in batteries if full)
@@ -1232,10 +1243,22 @@ async def _queries(
         picks = [batteries[rng.randrange(len(batteries))][0] for _ in range(sizes.trace_warmup + sizes.trace_calls)]
         requests = [pb.GetBatteryTraceRequest(battery_ref=ref).SerializeToString() for ref in picks]
 
+        cpu_per_call: dict[str, list[float]] = {"trace": [], "rules": []}
+        rules = [pb.ListRulesRequest().SerializeToString()] * (sizes.trace_warmup + sizes.trace_calls)
+
         async def traces() -> list[float]:
             fresh = signed_metadata(JIANGSU_REGULATOR)  # each repeat signs anew: a signature lasts 5 minutes
-            timed, _ = await latencies(flows.target, TRACE_METHOD, requests, fresh, sizes.trace_warmup)
-            return timed
+            # The flows process's CPU per call, warm-up included: the traces', then ListRules' (no database, the same
+            # gRPC server and interceptors: what any call costs there).
+            for kind, method, sent in (("trace", TRACE_METHOD, requests), ("rules", LIST_RULES_METHOD, rules)):
+                before = process_cpu_seconds(flows.pid)
+                timed, _ = await latencies(flows.target, method, sent, fresh, sizes.trace_warmup)
+                cpu_per_call[kind].append((process_cpu_seconds(flows.pid) - before) / len(sent) * 1000)
+                if kind == "trace":
+                    traced = timed
+            log(f"flows CPU per call: GetBatteryTrace {cpu_per_call['trace'][-1]:.3f} ms, ListRules "
+                f"{cpu_per_call['rules'][-1]:.3f} ms")  # fmt: skip
+            return traced
 
         runs = await measure_repeatedly(
             f"flows GetBatteryTrace, {sizes.trace_calls} random batteries of {len(batteries):,}, one at a time",
@@ -1248,19 +1271,36 @@ async def _queries(
         best = min(runs, key=lambda samples: percentile(samples, 50))
         ctx.samples["flows.trace_p99"] = [percentile(samples, 99) * 1000 for samples in runs]
         value = percentile(best, 99) * 1000
-        ctx.emit(
-            Result(
-                "flows.trace_p99",
-                value,
-                "ms",
-                reference=(
-                    f"grpc.unary_latency_p99_ms (bare grpc.aio, 1 in flight, same run): {bare_p99:.3f} ms; "
-                    f"{sizes.trace_calls:,} traces of random batteries among {size} (SQLite), p50 "
-                    f"{percentile(best, 50) * 1000:.3f} ms"
-                ),
-                ratio=ratio_of(value, bare_p99),
+        if want["flows.trace_p99"]:
+            ctx.emit(
+                Result(
+                    "flows.trace_p99",
+                    value,
+                    "ms",
+                    reference=(
+                        f"grpc.unary_latency_p99_ms (bare grpc.aio, 1 in flight, same run): {bare_p99:.3f} ms; "
+                        f"{sizes.trace_calls:,} traces of random batteries among {size} (SQLite), p50 "
+                        f"{percentile(best, 50) * 1000:.3f} ms"
+                    ),
+                    ratio=ratio_of(value, bare_p99),
+                )
             )
-        )
+        ctx.samples["flows.trace_server_cpu_ms"] = cpu_per_call["trace"]
+        trace_cpu, rules_cpu = min(cpu_per_call["trace"]), min(cpu_per_call["rules"])
+        if want["flows.trace_server_cpu_ms"]:
+            ctx.emit(
+                Result(
+                    "flows.trace_server_cpu_ms",
+                    trace_cpu,
+                    "ms",
+                    reference=(
+                        f"the flows process's CPU per ListRules call (no database; the same server and interceptors), "
+                        f"{rules_cpu:.3f} ms (same run, same loop); CPU per GetBatteryTrace among {size}, least of "
+                        f"{len(cpu_per_call['trace'])} runs"
+                    ),
+                    ratio=ratio_of(trace_cpu, rules_cpu),
+                )
+            )
 
     if want["flows.dispatch_statistics"]:
         request = pb.GetDispatchStatisticsRequest(
