@@ -251,6 +251,21 @@ async def best_of(
     return best
 
 
+def bench_settings(data_dir: Path, nats_url: str, database_url: str) -> Any:
+    """A service runtime's settings in a benchmark: the defaults, except a free port, no migration on start (the
+    benchmark migrates first) and the benchmark's caller key."""
+    from meshkit.config import load_settings
+
+    return load_settings(
+        data_dir=data_dir,
+        nats_url=nats_url,
+        database_url=database_url,
+        grpc_port=0,
+        migrate_on_start=False,
+        caller_key=BENCH_CALLER_KEY,
+    )
+
+
 async def serve_runtime(
     definition: Any,
     database_url: str,
@@ -265,20 +280,11 @@ async def serve_runtime(
     migration on start (the benchmark migrates first) and the benchmark's caller key. `settle` collects and
     freezes the heap once started, as `ServiceRuntime.run_until_signal` does in a service process; `pid_file`
     receives this process's id, for benchmarks that read its memory from /proc."""
-    from meshkit.config import load_settings
     from meshkit.logs import configure_logging
     from meshkit.server import ServiceRuntime, settle_heap
 
     configure_logging(definition.component.value, "WARNING", "text")
-    settings = load_settings(
-        data_dir=data_dir,
-        nats_url=nats_url,
-        database_url=database_url,
-        grpc_port=0,
-        migrate_on_start=False,
-        caller_key=BENCH_CALLER_KEY,
-    )
-    runtime = ServiceRuntime(definition, settings)
+    runtime = ServiceRuntime(definition, bench_settings(data_dir, nats_url, database_url))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

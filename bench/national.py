@@ -28,12 +28,12 @@ from nats.js import api
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import BENCH_CALLER_KEY, Result, RunContext, log, ratio_of
+from bench.common import Result, RunContext, bench_settings, log, ratio_of
 from bench.flows import migrate_flows, raw_insert_rate
 from greenmesh.common.v1 import event_pb2
 from greenmesh.flows.v1 import flows_pb2 as pb
 from meshkit.bus import CONTENT_TYPE_HEADER, EVENT_TYPE_HEADER, MSG_ID_HEADER, PROTOBUF_CONTENT_TYPE
-from meshkit.config import Component, load_settings
+from meshkit.config import Component
 from meshkit.db import build_engine
 from meshkit.localinfra import NatsServer
 from meshkit.national import national_stream_name
@@ -158,15 +158,7 @@ async def _count(engine: AsyncEngine, table: Table) -> int:
 
 async def apply_rate(root: Path, nats_url: str, database_url: str, events: int) -> float:
     """Events/s from the national view's start until its database holds every event of the stream."""
-    settings = load_settings(
-        data_dir=root / "data",
-        nats_url=nats_url,
-        database_url=database_url,
-        grpc_port=0,
-        migrate_on_start=False,
-        caller_key=BENCH_CALLER_KEY,
-    )
-    runtime = ServiceRuntime(NATIONAL, settings)
+    runtime = ServiceRuntime(NATIONAL, bench_settings(root / "data", nats_url, database_url))
     watcher = build_engine(database_url)
     try:
         started = time.perf_counter()
