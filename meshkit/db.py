@@ -6,16 +6,14 @@ service (never at import time) so tests can build as many as they need.
 `Database.read` is the fast path for a short read that answers one call (a battery's trace): on SQLite,
 aiosqlite sends every step of a statement (connect, execute, fetch, commit) through its own thread, each a
 round trip through the event loop, so one primary-key read costs ~0.8 ms of which SQLite's work is ~0.1 ms.
-`read` runs the whole read on a synchronous connection in one worker thread: one round trip.
+`read` runs the whole read on a synchronous connection, in place on the event loop's thread (see `read` for why
+not in a worker thread).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,8 +27,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from meshkit.config import normalise_database_url
 
 T = TypeVar("T")
-# Threads for Database.read on SQLite: reads in WAL mode run beside each other and beside the writer.
-READ_THREADS = 4
 # Database.read's SQLite connections map the file (up to 2 GiB; SQLite caps it at its build's maximum, 2 GiB for
 # the usual builds) and read pages from memory instead of a pread each: a battery's history is ~20 pages scattered
 # over the file, which no page cache of a few MB holds once the file is large. With 1,000,000 events (2.3 GB) a
@@ -69,13 +65,14 @@ def build_sync_sqlite_engine(url: str, *, echo: bool = False) -> Engine | None:
     parsed = make_url(normalise_database_url(url))
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
-    # Connections move between the read threads (one thread at a time): the pool hands each to one caller.
+    # A read runs whole without yielding to the loop, so one connection serves a loop's reads; a Database used from
+    # several threads (a test's, a CLI's) gets more, and a connection may move between them (never used by two at once).
     engine = create_engine(
         parsed.set(drivername="sqlite+pysqlite"),
         echo=echo,
         connect_args={"check_same_thread": False},
-        pool_size=READ_THREADS,
-        max_overflow=0,
+        pool_size=1,
+        max_overflow=4,
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "connect", _map_for_reads)
@@ -94,7 +91,6 @@ class Database:
         self.engine = build_engine(self.url, echo=echo)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         self.read_engine = build_sync_sqlite_engine(self.url, echo=echo)
-        self._read_threads: ThreadPoolExecutor | None = None
 
     @property
     def engines(self) -> list[Engine]:
@@ -121,26 +117,20 @@ class Database:
             yield session
 
     async def read(self, work: Callable[[Connection], T]) -> T:
-        """`work(connection)` on a synchronous connection, for a short read-only use of Core statements.
+        """`work(connection)` on a synchronous connection, for a short read-only use of Core statements (one
+        battery's rows: a few indexed lookups, never a scan).
 
-        SQLite (a file): in a worker thread on a pysqlite connection, so the whole read is one round trip
-        through the event loop; each statement sees the latest committed data (WAL: the writer does not block
-        it). PostgreSQL: on the async engine's connection via `run_sync` (asyncpg awaits in place, no threads).
-        Nothing is committed: `work` must not write."""
+        SQLite (a file): in place, on a pysqlite connection; each statement sees the latest committed data (WAL:
+        the writer does not block it). Not in a worker thread: such a read is mostly Python (SQLAlchemy, building
+        rows), which holds the GIL and so stops the loop's Python whichever thread runs it, and SQLite's own part is
+        ~0.1 ms on mapped pages; a thread only added its hop (submit, wake-up, the loop woken back), measured at ~10%
+        of a trace's CPU and latency (2026-12-02, `bench --only flows.trace`). PostgreSQL: on the async engine's
+        connection via `run_sync` (asyncpg awaits in place). Nothing is committed: `work` must not write."""
         if self.read_engine is None:
             async with self.engine.connect() as connection:
                 return await connection.run_sync(work)
-        if self._read_threads is None:
-            self._read_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="db-read")
-        engine = self.read_engine
-
-        def run() -> T:
-            with engine.connect() as connection:
-                return work(connection)
-
-        # The current span (and any other context) follows the read into its thread.
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._read_threads, functools.partial(context.run, run))
+        with self.read_engine.connect() as connection:
+            return work(connection)
 
     async def ping(self, timeout: float = 2.0) -> bool:
         try:
@@ -158,8 +148,5 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._read_threads is not None:
-            self._read_threads.shutdown(wait=True)
-            self._read_threads = None
         if self.read_engine is not None:
             self.read_engine.dispose()

@@ -326,7 +326,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
         require_authenticated(caller)
         battery = battery_key(request.battery_ref)
         key = battery.urn
-        # The battery's row comes with its history: one statement, in one thread hop on SQLite (Database.read).
+        # The battery's row comes with its history: one statement, on one synchronous connection (Database.read).
         source = await self.database.read(functools.partial(store.read_trace_source, key=key))
         row = source.battery
         if row is None or not self._reads_whole_without_query(caller, row):
@@ -346,7 +346,7 @@ class FlowServicer(flows_pb2_grpc.FlowServiceServicer):
     ) -> pb.GetBatteryStatusResponse:
         # Public: the caller is not read, so an authenticated caller gets exactly what an anonymous one gets.
         battery = battery_key(request.battery_ref)
-        # One primary-key read, in one thread hop on SQLite (Database.read).
+        # One primary-key read, on one synchronous connection (Database.read).
         row = await self.database.read(functools.partial(store.read_battery_row, key=battery.urn))
         return public_view_to_proto(public_view(self._status_facts(row)))
 

@@ -462,8 +462,8 @@ async def battery_history(
 
 def read_battery_history(connection: Connection, keys: Collection[str], with_batteries: bool = False) -> BatteryHistory:
     """The history of these batteries in one statement per chunk of keys (:func:`_history_query`); only
-    batteries with releases cost a second one. Synchronous, so that ``Database.read`` runs it whole in one
-    thread on SQLite, where every statement through aiosqlite is several thread round trips."""
+    batteries with releases cost a second one. Synchronous, so that ``Database.read`` runs it whole on one
+    pysqlite connection on SQLite, where every statement through aiosqlite is several thread round trips."""
     return _history_from_rows(connection, _read_history_rows(connection, keys, with_batteries))
 
 

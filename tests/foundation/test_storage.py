@@ -82,20 +82,21 @@ async def test_read_sees_what_is_committed_and_nothing_else(database: Database) 
     assert await database.read(_message_ids) == ["committed", "pending"]
 
 
-async def test_read_on_a_sqlite_file_runs_in_one_read_thread_and_on_postgres_in_the_loop(database: Database) -> None:
-    def where(connection: Connection) -> tuple[str, int]:
+async def test_read_runs_on_the_loops_thread_on_sqlite_through_pysqlite(database: Database) -> None:
+    """No worker thread either way: a SQLite file is read in place on its own pysqlite connection, PostgreSQL
+    through run_sync on the asyncpg connection (which awaits on the loop's thread)."""
+
+    def where(connection: Connection) -> tuple[int, str]:
         connection.execute(text("SELECT 1"))
         connection.execute(text("SELECT 2"))  # a second statement: still the same thread
-        return threading.current_thread().name, threading.get_ident()
+        return threading.get_ident(), connection.engine.url.drivername
 
-    name, ident = await database.read(where)
+    ident, driver = await database.read(where)
+    assert ident == threading.get_ident()
     if database.is_postgres:
-        # asyncpg needs no thread: run_sync's statements await on the event loop's thread.
-        assert ident == threading.get_ident()
-        assert database.read_engine is None
+        assert database.read_engine is None and driver == "postgresql+asyncpg"
     else:
-        assert name.startswith("db-read") and ident != threading.get_ident()
-        assert database.read_engine is not None and str(database.read_engine.url).startswith("sqlite+pysqlite")
+        assert database.read_engine is not None and driver == "sqlite+pysqlite"
 
 
 async def test_read_on_an_in_memory_sqlite_database_uses_its_own_connection() -> None:
