@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 import nats
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -13,6 +16,7 @@ from greenmesh.mesh.v1 import probe_pb2, probe_pb2_grpc
 from meshkit.localinfra import NatsServer
 from meshkit.server import ServiceRuntime
 from meshkit.subjects import event_subject, stream_name
+from meshkit.telemetry import EXPORT_BATCH_SPANS, export_processor
 from services.flows.service import DEFINITION as FLOWS
 from services.registry.service import DEFINITION as REGISTRY
 from tests.conftest import RuntimeFactory, eventually
@@ -143,3 +147,42 @@ async def test_client_interceptors_continue_the_trace_into_the_service(
     assert hex_trace(server) == hex_trace(client)
     assert server.parent.span_id == client.context.span_id
     caller.shutdown()
+
+
+class _BatchRecorder(SpanExporter):
+    """Records the size of every batch it is handed."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.batches.append(len(spans))
+        return SpanExportResult.SUCCESS
+
+
+def _export_batches(count: int) -> list[int]:
+    recorder = _BatchRecorder()
+    provider = TracerProvider()
+    provider.add_span_processor(export_processor(recorder))
+    tracer = provider.get_tracer("test")
+    for index in range(count):
+        with tracer.start_as_current_span(f"span {index}"):
+            pass
+    provider.force_flush()
+    provider.shutdown()
+    return recorder.batches
+
+
+def test_spans_are_exported_in_short_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long export holds the GIL and stalls the event loop: batches stay at EXPORT_BATCH_SPANS spans."""
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    batches = _export_batches(300)
+    assert sum(batches) == 300
+    assert max(batches) == EXPORT_BATCH_SPANS == 64
+
+
+def test_the_standard_variable_sets_the_export_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "150")
+    batches = _export_batches(300)
+    assert sum(batches) == 300
+    assert max(batches) == 150
